@@ -1,0 +1,55 @@
+"""gcg — guided and cascaded diffusion, a runnable textbook.
+
+The public names below are imported lazily (PEP 562), so ``import gcg`` is cheap and each
+chapter's module loads only when used. The map of chapters to modules is in the README.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    # chapter 01-03: schedules, Gaussian diffusion, respacing, samplers
+    "get_named_beta_schedule": "gcg.schedules",
+    "betas_for_alpha_bar": "gcg.schedules",
+    "space_timesteps": "gcg.schedules",
+    "GaussianDiffusion": "gcg.diffusion",
+    "DiffusionConfig": "gcg.diffusion",
+    "normal_kl": "gcg.losses",
+    "discretized_gaussian_log_likelihood": "gcg.losses",
+    "UniformSampler": "gcg.resample",
+    "LossSecondMomentResampler": "gcg.resample",
+    # chapter 04: guidance
+    "classifier_cond_fn": "gcg.guidance",
+    "ClassifierFreeGuidance": "gcg.guidance",
+    # chapter 05: networks and checkpoints
+    "UNetModel": "gcg.nn.unet",
+    "EncoderUNetModel": "gcg.nn.classifier",
+    "UNetConfig": "gcg.nn.config",
+    "ClassifierConfig": "gcg.nn.config",
+    "MODEL_PRESETS": "gcg.nn.config",
+    "create_model": "gcg.nn.config",
+    "load_openai_checkpoint": "gcg.convert",
+    # chapter 06: cascades
+    "Cascade": "gcg.cascade",
+    # chapter 07: metrics
+    "frechet_distance": "gcg.metrics",
+    "fid_from_features": "gcg.metrics",
+    "inception_score": "gcg.metrics",
+    "precision_recall": "gcg.metrics",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gcg' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,1 @@
+"""Networks: the ADM UNet, the noise-aware classifier, their configs and presets."""
