@@ -1,0 +1,265 @@
+"""Training recipes: one `TrainConfig` dataclass, the named `PRESETS`, and `--set key=value` parsing.
+
+A preset is a `TrainConfig`; `python -m gcg.train --preset NAME --set lr=1e-4` starts from the preset
+and overrides fields. Network fields are overridden with a ``model.`` prefix
+(``--set model.model_channels=64``); they patch the `gcg.nn.config.MODEL_PRESETS` entry named by
+``model``. The paper recipes follow Dhariwal & Nichol 2021, Appendix (ImageNet 64 diffusion model and
+classifier) and Nichol & Dhariwal 2021 (cosine schedule, L_hybrid).
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+TASKS = ("diffusion", "classifier", "super_res")
+PRECISIONS = ("fp32", "bf16", "fp16")
+SCHEDULE_SAMPLERS = ("uniform", "loss-second-moment")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. `batch_size` is GLOBAL (summed over devices)."""
+
+    # what to train
+    task: str = "diffusion"  # "diffusion" | "classifier" (noise-aware) | "super_res"
+    model: str = "digits8_small"  # a gcg.nn.config.MODEL_PRESETS name
+    model_overrides: dict = field(default_factory=dict)  # --set model.<field>=value
+    dropout: float | None = None  # None keeps the network preset's value
+    # data (gcg.data.make_dataset)
+    dataset: str = "digits"
+    data_dir: str | None = None
+    image_size: int | None = None  # None = the dataset's native size
+    class_cond: bool = True  # feed labels y to the model (diffusion / super_res)
+    p_uncond: float = 0.0  # classifier-free guidance: drop labels to the null label
+    # diffusion (gcg.diffusion.DiffusionConfig)
+    noise_schedule: str = "linear"
+    diffusion_steps: int = 1000
+    model_mean_type: str = "epsilon"
+    model_var_type: str = "fixed_small"  # "learned_range" => the network outputs 2C channels
+    loss_type: str = "mse"  # "rescaled_mse" with learned_range = L_hybrid
+    schedule_sampler: str = "uniform"  # or "loss-second-moment" (importance-sampled L_vlb)
+    classifier_t_max: float = 1.0  # classifier task: t ~ U[0, classifier_t_max * T)
+    # super-resolution stage (gcg.cascade.super_res_kwargs)
+    low_res_size: int = 16
+    augment: str = "gaussian"  # "gaussian" | "blur" | "none"
+    max_aug_level: float = 0.0
+    # optimisation
+    batch_size: int = 128  # global batch; per device = batch_size / world_size
+    microbatch: int = 0  # examples per forward pass (gradient accumulation); 0 = per-device batch
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_anneal_steps: int = 0  # 0 = constant lr; else linear decay to 0 over this many steps
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    max_steps: int = 1000
+    ema_rates: tuple[float, ...] = (0.999,)
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast) | "fp16" (autocast + dynamic loss scaling)
+    compile: bool = False  # torch.compile the model
+    channels_last: bool = False
+    # bookkeeping
+    seed: int = 0
+    device: str = "auto"  # "auto" = cuda:LOCAL_RANK when available, else cpu
+    out_dir: str | None = None  # None = write nothing (notebooks)
+    log_every: int = 50
+    save_every: int = 0  # checkpoint every K steps (0 = only at the end)
+    keep_checkpoints: int = 2
+    sample_every: int = 0  # PNG grid from the EMA model every K steps (0 = only at the end)
+    num_sample_images: int = 64
+    sample_steps: str = "ddim50"  # respacing used for the periodic grids
+    description: str = ""  # one line for `--help`
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["ema_rates"] = list(self.ema_rates)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}; valid keys: {sorted(names)}")
+        d = dict(d)
+        if "ema_rates" in d:
+            d["ema_rates"] = tuple(float(r) for r in d["ema_rates"])
+        return cls(**d)
+
+
+def _imagenet64() -> TrainConfig:
+    # Dhariwal & Nichol 2021, Appendix: 296M params, cosine, T=1000, L_hybrid, dropout 0.1,
+    # AdamW lr 3e-4, batch 2048, 540K steps, EMA 0.9999, fp16 with loss scaling.
+    return TrainConfig(
+        model="64x64_diffusion", dropout=0.1, dataset="imagenet64", image_size=64,
+        noise_schedule="cosine", diffusion_steps=1000, model_var_type="learned_range",
+        loss_type="rescaled_mse", batch_size=2048, microbatch=64, lr=3e-4, max_steps=540_000,
+        ema_rates=(0.9999,), precision="fp16", log_every=100, save_every=10_000,
+        sample_every=10_000, sample_steps="250",
+        description="ADM ImageNet 64x64 class-conditional diffusion (296M, L_hybrid, 540K steps)")
+
+
+def _imagenet64_classifier() -> TrainConfig:
+    # Dhariwal & Nichol 2021, Appendix: 65M classifier, lr 6e-4, weight decay 0.2, batch 1024,
+    # 300K steps, on x_t ~ q(x_t | x_0) of the same cosine schedule.
+    return TrainConfig(
+        task="classifier", model="64x64_classifier", dataset="imagenet64", image_size=64,
+        noise_schedule="cosine", diffusion_steps=1000, batch_size=1024, microbatch=128, lr=6e-4,
+        weight_decay=0.2, max_steps=300_000, ema_rates=(), precision="fp16", log_every=100,
+        save_every=10_000,
+        description="ADM ImageNet 64x64 noise-aware classifier (65M) for classifier guidance")
+
+
+def _imagenet64_cascade() -> dict[str, TrainConfig]:
+    # Ho et al. 2021 (CDM), ImageNet 64: a 32x32 class-conditional base model and a 32->64
+    # super-resolution model with Gaussian conditioning augmentation.
+    base = dataclasses.replace(
+        _imagenet64(), model="64x64_diffusion", image_size=32,
+        model_overrides={"attention_resolutions": (16, 8)},
+        description="CDM ImageNet 64 cascade, stage 1: 32x32 class-conditional base model")
+    sr = dataclasses.replace(
+        _imagenet64(), task="super_res", model="64x64_diffusion", low_res_size=32,
+        augment="gaussian", max_aug_level=0.25,
+        description="CDM ImageNet 64 cascade, stage 2: 32->64 super-resolution, Gaussian aug")
+    return {"imagenet64-base32": base, "imagenet64-sr32": sr}
+
+
+def _offline() -> dict[str, TrainConfig]:
+    digits = TrainConfig(
+        model="digits8_small", dataset="digits", image_size=8, noise_schedule="cosine",
+        diffusion_steps=1000, batch_size=128, lr=1e-3, max_steps=1500, ema_rates=(0.999,),
+        p_uncond=0.1, log_every=50, sample_every=500, num_sample_images=100,
+        description="8x8 sklearn digits, class-conditional ~1M UNet, CFG-ready (CPU: ~7 min)")
+    return {
+        "digits": digits,
+        "digits-classifier": dataclasses.replace(
+            digits, task="classifier", model="digits8_classifier", p_uncond=0.0, lr=1e-3,
+            weight_decay=0.05, max_steps=1000, ema_rates=(), sample_every=0,
+            description="noise-aware classifier on the 8x8 digits, for classifier guidance"),
+        "photo32": TrainConfig(
+            model="patch32_small", dataset="photo-patches", image_size=32, noise_schedule="cosine",
+            batch_size=64, lr=5e-4, max_steps=2000, ema_rates=(0.999,), sample_every=500,
+            description="32x32 class-conditional patches of scikit-image photographs (CPU)"),
+        "photo8": TrainConfig(
+            model="tiny", dataset="photo-patches", image_size=8, noise_schedule="cosine",
+            batch_size=128, lr=1e-3, max_steps=1500, ema_rates=(0.999,), sample_every=500,
+            description="cascade stage 1 (CPU): 8x8 photo-patch base model"),
+        "photo32-sr8": TrainConfig(
+            task="super_res", model="sr32_small", dataset="photo-patches", image_size=32,
+            low_res_size=8, augment="gaussian", max_aug_level=0.2, noise_schedule="cosine",
+            batch_size=64, lr=5e-4, max_steps=2000, ema_rates=(0.999,), sample_every=500,
+            description="cascade stage 2 (CPU): 8->32 photo-patch super-resolution"),
+        "toy": TrainConfig(
+            model="toy_mlp", dataset="toy-gmm", image_size=None, diffusion_steps=100,
+            batch_size=256, lr=2e-3, max_steps=2000, ema_rates=(0.99,), sample_every=0,
+            num_sample_images=512,
+            description="2-D class-labelled Gaussian mixture, small MLP denoiser (seconds)"),
+    }
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "imagenet64": _imagenet64(),
+    "imagenet64-classifier": _imagenet64_classifier(),
+    **_imagenet64_cascade(),
+    **_offline(),
+}
+
+
+def get_preset(name: str) -> TrainConfig:
+    """A fresh copy of the preset `name`; an unknown name raises ValueError listing the valid ones."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], model_overrides=dict(PRESETS[name].model_overrides))
+
+
+def describe_presets() -> str:
+    """One line per preset, for `--help`."""
+    width = max(len(n) for n in PRESETS)
+    return "\n".join(f"  {n:<{width}}  {c.description}" for n, c in PRESETS.items())
+
+
+# ---------------------------------------------------------------- --set key=value parsing
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _parse_value(text: str, annotation, key: str):
+    """Convert `text` to `annotation` (int, float, bool, str, X | None, tuple[X, ...])."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if text.lower() in ("none", "null") and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _parse_value(text, inner, key)
+    if origin is tuple:
+        inner = args[0] if args else str
+        items = [s.strip() for s in text.strip("()[] ").split(",") if s.strip()]
+        return tuple(_parse_value(s, inner, key) for s in items)
+    if annotation is bool:
+        if text.lower() in _TRUE | _FALSE:
+            return text.lower() in _TRUE
+        raise ValueError(f"--set {key}={text}: expected a boolean (true/false)")
+    if annotation in (int, float):
+        try:
+            value = float(text) if annotation is float else int(float(text))
+        except ValueError:
+            raise ValueError(f"--set {key}={text}: expected {annotation.__name__}") from None
+        if annotation is int and float(text) != int(float(text)):
+            raise ValueError(f"--set {key}={text}: expected int")
+        return value
+    if annotation is dict:
+        raise ValueError(f"--set {key}=...: set network fields one by one as model.<field>=value")
+    return text
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if text.lower() in _TRUE | _FALSE:
+            return text.lower() in _TRUE
+        return text
+
+
+def apply_overrides(config: TrainConfig, overrides: list[str] | dict) -> TrainConfig:
+    """Return a copy of `config` with ``key=value`` strings (or a dict) applied, types checked.
+
+    ``model.<field>=value`` entries go to `config.model_overrides` (checked against the network
+    config's fields when the model is built). Unknown keys raise, listing the valid ones.
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    items = overrides.items() if isinstance(overrides, dict) else [_split(s) for s in overrides]
+    changes, model_overrides = {}, dict(config.model_overrides)
+    for key, value in items:
+        if key.startswith("model."):
+            model_overrides[key[len("model."):]] = _literal(value) if isinstance(value, str) else value
+            continue
+        if key not in hints:
+            raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(hints))} "
+                           "(network fields: model.<field>)")
+        changes[key] = _parse_value(value, hints[key], key) if isinstance(value, str) else value
+    config = dataclasses.replace(config, **changes, model_overrides=model_overrides)
+    validate(config)
+    return config
+
+
+def _split(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ValueError(f"--set expects key=value, got {item!r}")
+    key, value = item.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def validate(config: TrainConfig) -> None:
+    """Raise ValueError naming the bad field and the allowed values."""
+    checks = [("task", TASKS), ("precision", PRECISIONS), ("schedule_sampler", SCHEDULE_SAMPLERS),
+              ("augment", ("gaussian", "blur", "none"))]
+    for name, allowed in checks:
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"{name}={getattr(config, name)!r} is not one of {allowed}")
+    if config.batch_size <= 0 or config.microbatch < 0:
+        raise ValueError("batch_size must be > 0 and microbatch >= 0 (0 = no accumulation)")
+    if not 0.0 <= config.p_uncond < 1.0:
+        raise ValueError(f"p_uncond={config.p_uncond} must be in [0, 1)")
+    if not 0.0 < config.classifier_t_max <= 1.0:
+        raise ValueError(f"classifier_t_max={config.classifier_t_max} must be in (0, 1]")
+    if any(not 0.0 < r < 1.0 for r in config.ema_rates):
+        raise ValueError(f"ema_rates={config.ema_rates} must each be in (0, 1)")
