@@ -1,0 +1,856 @@
+"""Data sets and a resumable, sharded loader (chapter 08: training at scale).
+
+Every image data set yields ``(image, label)``: ``image`` a float tensor [C, H, W] in [-1, 1],
+``label`` an int64 class index. Batches from :func:`make_loader` are ``(images [B, C, H, W],
+labels [B])``. Toy data sets yield ``(x [D], label)``.
+
+Data sets (see :func:`make_dataset` for the names):
+
+- ImageNet 64x64 as the official downsampled ``.npz`` batches (:class:`ImageNet64Npz`) or as an
+  image folder (:class:`ImageFolderDataset`, both the class sub-directory layout and the ADM
+  reference's flat ``<label>_<name>.png`` layout, cropped as ADM does);
+- MNIST / Fashion-MNIST / CIFAR-10 through torchvision (download needs internet);
+- offline sets that ship inside installed packages: scikit-learn's 8x8 digits
+  (:func:`load_digits_dataset`) and class-conditional patches of scikit-image's photographs
+  (:class:`PhotoPatches`, split by image region), plus samples of the analytic toys
+  (:class:`ToyDataset`).
+
+Random augmentation (flip, crop position) is drawn from a generator seeded by
+(loader seed, epoch, example index), never from the global RNG. So an epoch is the same however
+many workers or ranks read it, and a run resumed at step k sees exactly the batches it would
+have seen (:func:`make_loader` with ``start_step``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+import struct
+import warnings
+import zipfile
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = [
+    "DataError",
+    "downsample",
+    "center_crop_arr",
+    "random_crop_arr",
+    "TensorImageDataset",
+    "ImageNet64Npz",
+    "ImageFolderDataset",
+    "load_torchvision_dataset",
+    "load_digits_dataset",
+    "PhotoPatches",
+    "ToyDataset",
+    "DATASETS",
+    "make_dataset",
+    "InfiniteLoader",
+    "make_loader",
+]
+
+IMAGENET64_URL = "https://image-net.org/download-images"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
+DEFAULT_DATA_ROOT = os.path.join("~", ".cache", "gcg", "data")
+
+
+class DataError(ValueError):
+    """Data missing, malformed or misconfigured. The message says what was expected and the fix."""
+
+
+# --------------------------------------------------------------------------------------------
+# seeding and small tensor helpers
+
+
+def _mix_seed(*ints: int) -> int:
+    """A 63-bit seed from non-negative integers (NumPy's SeedSequence hashing)."""
+    return int(np.random.SeedSequence([int(i) for i in ints]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _generator(*ints: int) -> torch.Generator:
+    return torch.Generator().manual_seed(_mix_seed(*ints))
+
+
+def _randint(high: int, generator: torch.Generator) -> int:
+    """Uniform integer in [0, high]."""
+    return int(torch.randint(0, high + 1, (1,), generator=generator))
+
+
+def _to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [..] in 0..255 -> float32 in [-1, 1] (x / 127.5 - 1, as in ADM)."""
+    return x.to(torch.float32) / 127.5 - 1.0
+
+
+def downsample(x: torch.Tensor, size) -> torch.Tensor:
+    """Box (area) average down to ``size``: x [N, C, H, W] or [C, H, W] -> [.., C, h, w].
+
+    Each output pixel is the mean of an (H/h) x (W/w) block, the low-resolution conditioning
+    input of a super-resolution stage (Ho et al. 2021, Sec. 3). H and W must be multiples of
+    h and w.
+    """
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    if x.dim() not in (3, 4):
+        raise ValueError(f"downsample expects [N, C, H, W] or [C, H, W], got shape {tuple(x.shape)}")
+    H, W = x.shape[-2:]
+    if h <= 0 or w <= 0 or H % h or W % w:
+        raise ValueError(
+            f"downsample needs the image size {H}x{W} to be a multiple of the target {h}x{w} "
+            "(box averaging over whole blocks); pick a target that divides the image size"
+        )
+    if not x.is_floating_point():
+        x = x.to(torch.float32)
+    batched = x if x.dim() == 4 else x[None]
+    out = F.avg_pool2d(batched, kernel_size=(H // h, W // w))
+    return out if x.dim() == 4 else out[0]
+
+
+def _fit_size(images: torch.Tensor, size: int, mode: str, fill: float) -> torch.Tensor:
+    """images [N, C, H, W] -> [N, C, size, size] by centred padding with ``fill`` ("pad") or
+    antialiased bilinear resizing ("resize"). Keeps the dtype (uint8 is rounded)."""
+    H, W = images.shape[-2:]
+    if (H, W) == (size, size):
+        return images
+    if mode == "pad":
+        if size < H or size < W:
+            raise DataError(f"cannot pad {H}x{W} images to {size}x{size}; use resize_mode='resize'")
+        top, left = (size - H) // 2, (size - W) // 2
+        return F.pad(images, (left, size - W - left, top, size - H - top), value=fill)
+    if mode != "resize":
+        raise DataError(f"resize_mode must be 'pad' or 'resize', got {mode!r}")
+    out = []
+    for chunk in images.split(4096):
+        y = F.interpolate(chunk.to(torch.float32), size=(size, size), mode="bilinear",
+                          antialias=True, align_corners=False)
+        out.append(y.round().clamp(0, 255).to(torch.uint8) if images.dtype == torch.uint8 else y)
+    return torch.cat(out)
+
+
+def _to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """[N, C, H, W] with C in {1, 3} -> [N, channels, H, W]: grey is repeated, colour becomes
+    ITU-R 601 luma (0.299 R + 0.587 G + 0.114 B)."""
+    C = images.shape[1]
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels}")
+    if C == channels:
+        return images
+    if C == 1:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    grey = (images.to(torch.float32) * weights).sum(1, keepdim=True)
+    return grey.round().to(torch.uint8) if images.dtype == torch.uint8 else grey
+
+
+class _Augmented(Dataset):
+    """Base for data sets whose examples depend on (seed, epoch, index) through random
+    augmentation. :func:`make_loader` calls ``set_epoch`` on a shallow copy per epoch."""
+
+    seed = 0
+    epoch = 0
+
+    def set_epoch(self, epoch: int, seed: int = 0) -> None:
+        self.epoch, self.seed = int(epoch), int(seed)
+
+    def _item_generator(self, index: int) -> torch.Generator:
+        return _generator(1, self.seed, self.epoch, index)
+
+    def _maybe_flip(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Random horizontal flip with probability 1/2 (Ho et al. 2020, Sec. 4; ADM)."""
+        if self.random_flip and bool(torch.rand((), generator=generator) < 0.5):
+            return x.flip(-1)
+        return x
+
+
+def _check_index(index: int, n: int) -> int:
+    if index < 0:
+        index += n
+    if not 0 <= index < n:
+        raise IndexError(f"index {index} out of range for a data set of {n} examples")
+    return index
+
+
+# --------------------------------------------------------------------------------------------
+# in-memory images (torchvision sets, digits)
+
+
+class TensorImageDataset(_Augmented):
+    """Images held in memory: ``images`` uint8 [N, C, H, W] (0..255) or float [N, C, H, W]
+    already in [-1, 1]; ``labels`` int64 [N]. Item: (float [C, H, W] in [-1, 1], label)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, random_flip: bool = False,
+                 class_names=None):
+        if images.dim() != 4 or len(images) != len(labels):
+            raise DataError(f"expected images [N, C, H, W] and labels [N], got "
+                            f"{tuple(images.shape)} and {tuple(labels.shape)}")
+        self.images, self.labels = images, labels.to(torch.int64)
+        self.random_flip = random_flip
+        self.class_names = class_names
+        self.num_classes = len(class_names) if class_names else int(self.labels.max()) + 1
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def as_tensors(self):
+        """All images as float [N, C, H, W] in [-1, 1] (no augmentation) and labels [N]."""
+        x = self.images
+        return (_to_unit_range(x) if x.dtype == torch.uint8 else x.to(torch.float32)), self.labels
+
+    def __getitem__(self, index: int):
+        index = _check_index(index, len(self))
+        x = self.images[index]
+        x = _to_unit_range(x) if x.dtype == torch.uint8 else x.to(torch.float32)
+        if self.random_flip:
+            x = self._maybe_flip(x, self._item_generator(index))
+        return x, self.labels[index]
+
+
+# --------------------------------------------------------------------------------------------
+# ImageNet 64x64: official downsampled .npz batches
+
+
+def _read_npz_array(path: str, key: str, cache_dir: str | None):
+    """Array ``key`` of the .npz at ``path`` without reading it whole when possible.
+
+    ``np.savez`` stores members uncompressed, so the .npy bytes lie contiguous in the zip file
+    and are memory-mapped in place. A compressed member (``np.savez_compressed``) is
+    decompressed once into ``cache_dir`` and memory-mapped from there, or, without a
+    ``cache_dir``, read into RAM.
+    """
+    with zipfile.ZipFile(path) as zf:
+        try:
+            info = zf.getinfo(key + ".npy")
+        except KeyError:
+            raise DataError(f"{path} is not an ImageNet 64x64 batch: it has no '{key}' array "
+                            f"(found {sorted(n[:-4] for n in zf.namelist())})") from None
+        if info.compress_type != zipfile.ZIP_STORED:
+            if cache_dir is None:
+                with zf.open(info) as f:
+                    return np.lib.format.read_array(f)
+            os.makedirs(cache_dir, exist_ok=True)
+            cached = os.path.join(cache_dir, f"{os.path.basename(path)[:-4]}.{key}.npy")
+            if not os.path.exists(cached):
+                with zf.open(info) as f:
+                    arr = np.lib.format.read_array(f)
+                np.save(cached + ".tmp.npy", arr)
+                os.replace(cached + ".tmp.npy", cached)
+            return np.load(cached, mmap_mode="r")
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if local[:4] != b"PK\x03\x04":
+            raise DataError(f"{path}: corrupt zip member '{key}.npy'; download the batch again")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            with zipfile.ZipFile(path) as zf, zf.open(info) as g:
+                return np.lib.format.read_array(g)
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    if dtype.hasobject:
+        raise DataError(f"{path}: '{key}' holds Python objects, expected a numeric array")
+    if math.prod(shape) == 0:
+        return np.zeros(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
+                     order="F" if fortran else "C")
+
+
+def _imagenet_missing_message(data_dir: str, split: str) -> str:
+    expected = ("train_data_batch_1.npz ... train_data_batch_10.npz" if split == "train"
+                else "val_data.npz")
+    msg = (f"ImageNet 64x64 .npz batches not found in {data_dir}: expected {expected} "
+           f"(split {split!r}) from {IMAGENET64_URL} (Downsampled ImageNet 64x64, the npz "
+           f"format: Imagenet64_train_part1_npz.zip, Imagenet64_train_part2_npz.zip, "
+           f"Imagenet64_val_npz.zip); unzip them into {data_dir}.")
+    if os.path.isdir(data_dir) and any(
+            e.is_dir() or e.name.lower().endswith(IMAGE_EXTENSIONS) for e in os.scandir(data_dir)):
+        msg += " The directory holds images or sub-directories: for an image folder use 'imagenet64-folder'."
+    return msg
+
+
+class ImageNet64Npz(_Augmented):
+    """The official downsampled ImageNet (Chrabaszcz et al. 2017) as ``.npz`` batches.
+
+    ``data_dir`` holds ``train_data_batch_1..10.npz`` (split "train") or ``val_data.npz``
+    (split "val"). Each has ``data`` uint8 [N, 3*S*S], rows in CHW order (all red, then green,
+    then blue, each S x S row-major), and ``labels`` 1..1000, mapped here to 0..999. The image
+    arrays are memory-mapped (or read lazily), labels are read at construction.
+
+    Item: (float [3, S, S] in [-1, 1], label). ``image_size`` smaller than S box-averages.
+    """
+
+    def __init__(self, data_dir: str, split: str = "train", image_size: int | None = None,
+                 random_flip: bool = False, cache_dir: str | None = None):
+        if split not in ("train", "val"):
+            raise DataError(f"ImageNet64Npz split must be 'train' or 'val', got {split!r}")
+        data_dir = os.path.expanduser(str(data_dir))
+        if not os.path.isdir(data_dir):
+            raise DataError(f"data directory {data_dir} does not exist. "
+                            + _imagenet_missing_message(data_dir, split))
+        if split == "train":
+            pattern = re.compile(r"train_data_batch_(\d+)\.npz$")
+            found = sorted((int(m.group(1)), m.group(0)) for m in map(pattern.match, os.listdir(data_dir)) if m)
+            files = [os.path.join(data_dir, name) for _, name in found]
+            if files and len(files) != 10:
+                warnings.warn(f"found {len(files)} of the 10 ImageNet 64x64 training batches in "
+                              f"{data_dir} (batches {[k for k, _ in found]}); training on those only")
+        else:
+            files = [p for p in [os.path.join(data_dir, "val_data.npz")] if os.path.exists(p)]
+        if not files:
+            raise DataError(_imagenet_missing_message(data_dir, split))
+        self.files, self.split, self.random_flip = files, split, random_flip
+        self._cache_dir = cache_dir
+        self._data = [None] * len(files)
+        labels, sizes = [], []
+        for path in files:
+            try:
+                with np.load(path) as z:
+                    if "labels" not in z.files or "data" not in z.files:
+                        raise DataError(f"{path} is not an ImageNet 64x64 batch: expected arrays "
+                                        f"'data' and 'labels', found {sorted(z.files)}")
+                    y = np.asarray(z["labels"]).astype(np.int64).reshape(-1)
+            except (zipfile.BadZipFile, OSError, ValueError) as e:
+                if isinstance(e, DataError):
+                    raise
+                raise DataError(f"{path} is not a readable .npz file ({e}); download it again "
+                                f"from {IMAGENET64_URL}") from None
+            if y.size and (y.min() < 1 or y.max() > 1000):
+                raise DataError(f"{path}: labels must lie in 1..1000 (the official batches are "
+                                f"1-based), found {y.min()}..{y.max()}")
+            data = self._array(len(labels))
+            if data.dtype != np.uint8 or data.ndim != 2 or data.shape[0] != len(y):
+                raise DataError(f"{path}: expected 'data' uint8 [N, 3*S*S] with N = {len(y)} labels, "
+                                f"found {data.dtype} {list(data.shape)}")
+            labels.append(torch.from_numpy(y - 1))
+            sizes.append(len(y))
+        side = math.isqrt(self._array(0).shape[1] // 3)
+        if 3 * side * side != self._array(0).shape[1]:
+            raise DataError(f"{files[0]}: rows of {self._array(0).shape[1]} values are not 3*S*S images")
+        for k in range(len(files)):
+            if self._array(k).shape[1] != 3 * side * side:
+                raise DataError(f"{files[k]} holds images of a different size than {files[0]}")
+        self.native_size = side
+        self.image_size = image_size or side
+        if self.image_size > side or side % self.image_size:
+            raise DataError(f"the .npz batches hold {side}x{side} images; image_size "
+                            f"{self.image_size} must divide {side} (use the matching downsampled "
+                            f"ImageNet batches otherwise)")
+        self.labels = torch.cat(labels)
+        self.num_classes = 1000
+        self._offsets = np.cumsum([0] + sizes)
+
+    def _array(self, k: int):
+        if self._data[k] is None:
+            self._data[k] = _read_npz_array(self.files[k], "data", self._cache_dir)
+        return self._data[k]
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __getitem__(self, index: int):
+        index = _check_index(index, len(self))
+        k = int(np.searchsorted(self._offsets, index, side="right")) - 1
+        row = np.array(self._array(k)[index - self._offsets[k]])
+        s = self.native_size
+        x = _to_unit_range(torch.from_numpy(row).view(3, s, s))
+        if self.image_size != s:
+            x = downsample(x, self.image_size)
+        x = self._maybe_flip(x, self._item_generator(index))
+        return x, self.labels[index]
+
+
+# --------------------------------------------------------------------------------------------
+# image folders (ADM layout and class sub-directories)
+
+
+def center_crop_arr(pil_image, image_size: int) -> np.ndarray:
+    """ADM's preprocessing: halve with BOX filtering while the short side is >= 2 * image_size,
+    resize with BICUBIC so the short side is image_size, crop the centre. -> uint8 [S, S, 3]."""
+    from PIL import Image
+
+    while min(pil_image.size) >= 2 * image_size:
+        pil_image = pil_image.resize(tuple(v // 2 for v in pil_image.size), resample=Image.BOX)
+    scale = image_size / min(pil_image.size)
+    pil_image = pil_image.resize(tuple(round(v * scale) for v in pil_image.size), resample=Image.BICUBIC)
+    arr = np.asarray(pil_image)
+    top, left = (arr.shape[0] - image_size) // 2, (arr.shape[1] - image_size) // 2
+    return arr[top:top + image_size, left:left + image_size]
+
+
+def random_crop_arr(pil_image, image_size: int, generator: torch.Generator,
+                    min_crop_frac: float = 0.8, max_crop_frac: float = 1.0) -> np.ndarray:
+    """Random-crop augmentation of the guided-diffusion code: resize so the short side is a
+    random length in [image_size / max_crop_frac, image_size / min_crop_frac] (BOX halvings,
+    then BICUBIC), then crop an image_size square at a random position. -> uint8 [S, S, 3]."""
+    from PIL import Image
+
+    lo = math.ceil(image_size / max_crop_frac)
+    hi = math.ceil(image_size / min_crop_frac)
+    short = lo + _randint(hi - lo, generator)
+    while min(pil_image.size) >= 2 * short:
+        pil_image = pil_image.resize(tuple(v // 2 for v in pil_image.size), resample=Image.BOX)
+    scale = short / min(pil_image.size)
+    pil_image = pil_image.resize(tuple(round(v * scale) for v in pil_image.size), resample=Image.BICUBIC)
+    arr = np.asarray(pil_image)
+    top = _randint(arr.shape[0] - image_size, generator)
+    left = _randint(arr.shape[1] - image_size, generator)
+    return arr[top:top + image_size, left:left + image_size]
+
+
+def _list_images(folder: str) -> list[str]:
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        found += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
+    return found
+
+
+class ImageFolderDataset(_Augmented):
+    """Images on disk, read lazily with PIL and cropped to ``image_size`` as ADM does.
+
+    Layouts (``layout="auto"`` picks by what it finds):
+      - "subdirs": ``data_dir/<class>/**/*.png`` (torchvision's ImageFolder), classes sorted;
+      - "flat": the ADM reference's ``data_dir/**/<class>_<anything>.png``; the class is the
+        file name before the first underscore, classes sorted.
+    With ``class_cond=False`` every label is 0 (unconditional training on any folder).
+    Item: (float [3, S, S] in [-1, 1], label).
+    """
+
+    def __init__(self, data_dir: str, image_size: int, layout: str = "auto", class_cond: bool = True,
+                 random_flip: bool = False, random_crop: bool = False):
+        data_dir = os.path.expanduser(str(data_dir))
+        how = (f"expected class sub-directories ({data_dir}/<class>/<image>.png) or the ADM "
+               f"flat layout ({data_dir}/<class>_<name>.png)")
+        if not os.path.isdir(data_dir):
+            raise DataError(f"image folder {data_dir} does not exist: {how}")
+        if layout == "auto":
+            top_images = [e for e in os.scandir(data_dir) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)]
+            layout = "flat" if top_images or not any(e.is_dir() for e in os.scandir(data_dir)) else "subdirs"
+        if layout == "subdirs":
+            classes = sorted(e.name for e in os.scandir(data_dir) if e.is_dir())
+            files, names = [], []
+            for c in classes:
+                imgs = _list_images(os.path.join(data_dir, c))
+                files += imgs
+                names += [c] * len(imgs)
+        elif layout == "flat":
+            files = _list_images(data_dir)
+            names = [os.path.basename(p).split("_")[0] for p in files]
+            if class_cond:
+                bad = [p for p in files if "_" not in os.path.basename(p)]
+                if bad:
+                    raise DataError(f"{bad[0]} has no '<class>_' prefix; in the flat layout each file "
+                                    f"is named <class>_<name>.png (or pass class_cond=False)")
+        else:
+            raise DataError(f"layout must be 'auto', 'subdirs' or 'flat', got {layout!r}")
+        if not files:
+            raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {data_dir}: {how}")
+        self.files, self.layout = files, layout
+        self.class_names = sorted(set(names)) if class_cond else [""]
+        index = {c: i for i, c in enumerate(self.class_names)}
+        self.labels = torch.tensor([index[c] if class_cond else 0 for c in names], dtype=torch.int64)
+        self.num_classes = len(self.class_names)
+        self.image_size, self.random_flip, self.random_crop = image_size, random_flip, random_crop
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        index = _check_index(index, len(self))
+        g = self._item_generator(index)
+        try:
+            with Image.open(self.files[index]) as im:
+                im.load()
+                im = im.convert("RGB")
+        except OSError as e:
+            raise DataError(f"cannot read image {self.files[index]}: {e}") from None
+        arr = random_crop_arr(im, self.image_size, g) if self.random_crop else center_crop_arr(im, self.image_size)
+        x = _to_unit_range(torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1))
+        return self._maybe_flip(x, g), self.labels[index]
+
+
+# --------------------------------------------------------------------------------------------
+# torchvision sets (need internet once)
+
+_TORCHVISION = {  # name -> (torchvision class, native size, channels, default resize mode)
+    "mnist": ("MNIST", 28, 1, "pad"),
+    "fashion-mnist": ("FashionMNIST", 28, 1, "pad"),
+    "cifar10": ("CIFAR10", 32, 3, "resize"),
+}
+
+
+def load_torchvision_dataset(name: str, data_dir: str | None = None, image_size: int | None = None,
+                             split: str = "train", channels: int | None = None, download: bool = True,
+                             resize_mode: str | None = None, random_flip: bool = False) -> TensorImageDataset:
+    """MNIST, Fashion-MNIST or CIFAR-10 via torchvision, held in memory as uint8.
+
+    ``image_size`` defaults to the native size (28 or 32); MNIST-like sets are zero-padded
+    (28 -> 32 with background -1), CIFAR-10 is resized (antialiased bilinear); ``resize_mode``
+    ("pad" or "resize") overrides. ``channels`` 1 or 3 converts grey <-> colour. ``data_dir``
+    defaults to $GCG_DATA_DIR or ~/.cache/gcg/data. Without internet and without the files, a
+    :class:`DataError` says where to put them.
+    """
+    if name not in _TORCHVISION:
+        raise DataError(f"unknown torchvision data set {name!r}; choose from {sorted(_TORCHVISION)}")
+    if split not in ("train", "test"):
+        raise DataError(f"{name} split must be 'train' or 'test', got {split!r}")
+    cls_name, native, native_channels, default_mode = _TORCHVISION[name]
+    root = os.path.expanduser(data_dir or os.environ.get("GCG_DATA_DIR") or DEFAULT_DATA_ROOT)
+    import torchvision
+
+    cls = getattr(torchvision.datasets, cls_name)
+    try:
+        ds = cls(root, train=(split == "train"), download=False)
+    except RuntimeError:
+        if not download:
+            raise DataError(f"{name} not found in {root} and download=False: download it once with "
+                            f"download=True (needs internet), or copy torchvision's {cls_name} files "
+                            f"into {root}") from None
+        try:
+            ds = cls(root, train=(split == "train"), download=True)
+        except Exception as e:  # no internet: URLError, socket errors, torchvision's RuntimeError
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(f"could not download {name} into {root} ({type(e).__name__}: {reason}). "
+                            f"This needs internet once; otherwise copy torchvision's {cls_name} files "
+                            f"into {root}, or use an offline set: 'digits' or 'photo-patches'.") from None
+    images = torch.as_tensor(np.asarray(ds.data))
+    images = images[:, None] if images.dim() == 3 else images.permute(0, 3, 1, 2)  # -> NCHW
+    images = _to_channels(images.contiguous(), channels or native_channels)
+    images = _fit_size(images, image_size or native, resize_mode or default_mode, fill=0)
+    labels = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+    return TensorImageDataset(images, labels, random_flip=random_flip, class_names=list(ds.classes))
+
+
+# --------------------------------------------------------------------------------------------
+# offline: scikit-learn digits
+
+
+def load_digits_dataset(split: str = "train", image_size: int = 8, test_fraction: float = 0.2,
+                        random_flip: bool = False) -> TensorImageDataset:
+    """scikit-learn's handwritten digits: 1,797 images of 8x8, 10 classes, pixels 0..16 mapped
+    to [-1, 1] (x / 8 - 1). ``split`` "train", "test" or "all"; the split is stratified by
+    class and fixed (the same for every call). ``image_size`` > 8 resizes bilinearly.
+    ``.as_tensors()`` gives all images [N, 1, S, S] and labels [N] at once.
+    """
+    from sklearn.datasets import load_digits
+
+    if split not in ("train", "test", "all"):
+        raise DataError(f"digits split must be 'train', 'test' or 'all', got {split!r}")
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
+    labels = torch.tensor(digits.target, dtype=torch.int64)
+    if split != "all":
+        rng = np.random.RandomState(0)
+        is_test = np.zeros(len(labels), dtype=bool)
+        for c in range(10):
+            members = np.flatnonzero(digits.target == c)
+            is_test[rng.permutation(members)[: round(test_fraction * len(members))]] = True
+        keep = torch.from_numpy(np.flatnonzero(is_test if split == "test" else ~is_test))
+        images, labels = images[keep], labels[keep]
+    if image_size != 8:
+        images = _fit_size(images, image_size, "resize", fill=-1.0).clamp(-1, 1)
+    return TensorImageDataset(images, labels, random_flip=random_flip, class_names=[str(c) for c in range(10)])
+
+
+# --------------------------------------------------------------------------------------------
+# offline: patches of scikit-image's photographs
+
+DEFAULT_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
+                  "immunohistochemistry", "brick", "grass")
+
+
+@lru_cache(maxsize=None)
+def _load_photo(name: str) -> torch.Tensor:
+    """skimage.data.<name>() as uint8 [C, H, W] (C = 1 or 3)."""
+    import skimage.data
+
+    loader = getattr(skimage.data, name, None)
+    if loader is None:
+        raise DataError(f"skimage.data has no photograph {name!r}; try one of {list(DEFAULT_PHOTOS)}")
+    try:
+        arr = np.asarray(loader())
+    except Exception as e:  # e.g. photos that need pooch and a download
+        raise DataError(f"skimage.data.{name}() is not available offline ({type(e).__name__}); "
+                        f"use photos that ship with scikit-image, e.g. {list(DEFAULT_PHOTOS)}") from None
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
+        raise DataError(f"skimage.data.{name}() is not a uint8 photograph (dtype {arr.dtype}, shape {arr.shape})")
+    arr = arr[..., :3] if arr.ndim == 3 else arr[..., None]
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+
+
+class PhotoPatches(_Augmented):
+    """Class-conditional square patches of photographs that ship with scikit-image.
+
+    The class is the source photograph (``photos``, default 8 of them). Each photograph is split
+    by region: columns [0, floor(train_fraction * W)) are the training region, the rest the
+    test region; a patch lies entirely inside one region, so no test pixel is ever seen in
+    training. Training patches are cut at random positions that change every epoch (and are
+    flipped when ``random_flip``); test patches sit at fixed positions.
+
+    ``photo_downsample`` (int) box-averages each photograph first, so a patch covers more of
+    the scene. ``low_res_size`` adds a third item, the box-downsampled patch
+    [C, low_res_size, low_res_size], for super-resolution pairs (e.g. 32 and 8, 64 and 16).
+    Item: (float [C, size, size] in [-1, 1], label[, low_res]).
+    """
+
+    def __init__(self, size: int = 32, split: str = "train", photos=DEFAULT_PHOTOS, channels: int = 3,
+                 patches_per_class: int | None = None, train_fraction: float = 0.8,
+                 photo_downsample: int = 1, low_res_size: int | None = None, random_flip: bool | None = None):
+        if split not in ("train", "test"):
+            raise DataError(f"PhotoPatches split must be 'train' or 'test', got {split!r}")
+        if not 0 < train_fraction < 1:
+            raise DataError(f"train_fraction must lie in (0, 1), got {train_fraction}")
+        if low_res_size is not None and size % low_res_size:
+            raise DataError(f"low_res_size {low_res_size} must divide the patch size {size}")
+        self.size, self.split, self.photos = size, split, tuple(photos)
+        self.class_names = list(self.photos)
+        self.num_classes = len(self.photos)
+        self.low_res_size = low_res_size
+        self.random_flip = (split == "train") if random_flip is None else random_flip
+        self.patches_per_class = patches_per_class or (512 if split == "train" else 64)
+        self.images, self.regions = [], []  # regions: (col_start, col_stop) per photograph
+        for name in self.photos:
+            img = _to_channels(_load_photo(name)[None], channels)[0]
+            if photo_downsample > 1:
+                H, W = img.shape[-2:]
+                img = img[:, : H - H % photo_downsample, : W - W % photo_downsample]
+                img = downsample(img, (H // photo_downsample, W // photo_downsample)).round().to(torch.uint8)
+            H, W = img.shape[-2:]
+            cut = int(train_fraction * W)
+            cols = (0, cut) if split == "train" else (cut, W)
+            if size > H or size > cols[1] - cols[0]:
+                raise DataError(f"a {size}x{size} patch does not fit in the {split} region of {name!r} "
+                                f"({H}x{cols[1] - cols[0]} px); use a smaller size or photo_downsample")
+            self.images.append(img)
+            self.regions.append(cols)
+
+    def __len__(self) -> int:
+        return len(self.photos) * self.patches_per_class
+
+    def patch_position(self, index: int):
+        """(class, top, left) of patch ``index`` in this epoch (train) or always (test)."""
+        return self._locate(index)[:3]
+
+    def _locate(self, index: int):
+        index = _check_index(index, len(self))
+        label = index // self.patches_per_class
+        g = self._item_generator(index) if self.split == "train" else _generator(2, index)
+        H = self.images[label].shape[-2]
+        c0, c1 = self.regions[label]
+        top = _randint(H - self.size, g)
+        left = c0 + _randint(c1 - c0 - self.size, g)
+        return label, top, left, g
+
+    def __getitem__(self, index: int):
+        label, top, left, g = self._locate(index)
+        patch = self.images[label][:, top:top + self.size, left:left + self.size]
+        x = self._maybe_flip(_to_unit_range(patch), g)
+        label = torch.tensor(label, dtype=torch.int64)
+        if self.low_res_size is None:
+            return x, label
+        return x, label, downsample(x, self.low_res_size)
+
+
+# --------------------------------------------------------------------------------------------
+# offline: analytic toys
+
+
+class ToyDataset(Dataset):
+    """``num_samples`` draws of an analytic toy (``gcg.toy``), fixed by ``seed``: any object
+    with ``sample(n, generator) -> (x [n, D], y [n])``. Item: (x [D], label)."""
+
+    def __init__(self, toy, num_samples: int = 10_000, seed: int = 0):
+        self.toy = toy
+        x, y = toy.sample(num_samples, generator=torch.Generator().manual_seed(seed))
+        self.x = x.to(torch.float32)
+        self.labels = (torch.zeros(len(x), dtype=torch.int64) if y is None else y.to(torch.int64))
+        self.num_classes = getattr(toy, "num_classes", int(self.labels.max()) + 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        index = _check_index(index, len(self))
+        return self.x[index], self.labels[index]
+
+
+def _default_toy_mixture():
+    """The book's class-labelled 2-D mixture, ``gcg.toy.GaussianMixture.ring()``."""
+    from gcg.toy import GaussianMixture
+
+    return GaussianMixture.ring()
+
+
+# --------------------------------------------------------------------------------------------
+# registry
+
+
+def _needs_dir(name, data_dir):
+    if data_dir is None:
+        raise DataError(f"data set {name!r} reads files from disk: pass data_dir (--data-dir)")
+    return data_dir
+
+
+def _imagenet64(data_dir, image_size, split, **kw):
+    kw.setdefault("random_flip", split == "train")
+    return ImageNet64Npz(_needs_dir("imagenet64", data_dir), split=split, image_size=image_size, **kw)
+
+
+def _image_folder(name, default_size):
+    def build(data_dir, image_size, split, **kw):
+        kw.setdefault("random_flip", split == "train")
+        return ImageFolderDataset(_needs_dir(name, data_dir), image_size or default_size, **kw)
+    return build
+
+
+def _torchvision(name, flip):
+    def build(data_dir, image_size, split, **kw):
+        kw.setdefault("random_flip", flip and split == "train")
+        return load_torchvision_dataset(name, data_dir, image_size, split, **kw)
+    return build
+
+
+def _digits(data_dir, image_size, split, **kw):
+    return load_digits_dataset(split, image_size or 8, **kw)
+
+
+def _photo_patches(data_dir, image_size, split, **kw):
+    return PhotoPatches(image_size or 32, split, **kw)
+
+
+def _toy_gmm(data_dir, image_size, split, num_samples=10_000, seed=None, toy=None, **kw):
+    if kw:
+        raise DataError(f"toy-gmm takes num_samples, seed and toy; got unexpected {sorted(kw)}")
+    seed = (0 if split == "train" else 1) if seed is None else seed
+    return ToyDataset(toy if toy is not None else _default_toy_mixture(), num_samples, seed)
+
+
+# name -> (builder(data_dir, image_size, split, **kw), one-line description)
+DATASETS = {
+    "imagenet64": (_imagenet64, "official downsampled ImageNet 64x64 .npz batches (needs data_dir)"),
+    "imagenet64-folder": (_image_folder("imagenet64-folder", 64), "ImageNet as an image folder, ADM crop to 64 (needs data_dir)"),
+    "image-folder": (_image_folder("image-folder", None), "any image folder, class sub-directories or <class>_<name>.png"),
+    "cifar10": (_torchvision("cifar10", True), "CIFAR-10 via torchvision (downloads once)"),
+    "mnist": (_torchvision("mnist", False), "MNIST via torchvision, padded to 32 if asked (downloads once)"),
+    "fashion-mnist": (_torchvision("fashion-mnist", False), "Fashion-MNIST via torchvision (downloads once)"),
+    "digits": (_digits, "scikit-learn 8x8 digits, 10 classes, offline"),
+    "photo-patches": (_photo_patches, "patches of scikit-image photographs, class = photo, offline"),
+    "toy-gmm": (_toy_gmm, "samples of the class-labelled 2-D Gaussian mixture, offline"),
+}
+
+
+def make_dataset(name: str, data_dir: str | None = None, image_size: int | None = None,
+                 split: str = "train", **kw) -> Dataset:
+    """Build data set ``name`` (see ``DATASETS``). Training splits of natural images get random
+    horizontal flips by default (pass ``random_flip=False`` to turn them off); digits and
+    MNIST-like sets are not flipped. Extra keywords go to the data set's constructor."""
+    if name not in DATASETS:
+        lines = "\n".join(f"  {k:18s} {desc}" for k, (_, desc) in DATASETS.items())
+        raise DataError(f"unknown data set {name!r}; valid names:\n{lines}")
+    builder = DATASETS[name][0]
+    if name == "image-folder" and image_size is None:
+        raise DataError("'image-folder' needs image_size")
+    try:
+        return builder(data_dir, image_size, split, **kw)
+    except TypeError as e:
+        if "unexpected keyword" in str(e):
+            raise DataError(f"data set {name!r}: {e}") from None
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# loader
+
+
+class InfiniteLoader:
+    """Endless batches of a map-style data set, sharded over ranks, resumable at any step.
+
+    Epoch e shuffles all indices with a generator seeded by (seed, e), truncates to a multiple
+    of ``world_size`` and gives rank r the positions r, r + world_size, ... (as PyTorch's
+    DistributedSampler does). Rank r's batch k is therefore the r-th interleaved share of the
+    single-process batch k of size ``world_size * batch_size``: a DDP run sees the same global
+    batches as one process. ``batch_size`` is per rank. ``step`` counts batches served,
+    starting at ``start_step``; saving it and passing it back as ``start_step`` resumes exactly.
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 drop_last: bool = True, num_workers: int = 0, start_step: int = 0,
+                 shuffle: bool = True, pin_memory: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must lie in [0, world_size), got rank {rank}, world_size {world_size}")
+        if seed < 0 or start_step < 0:
+            raise ValueError(f"seed and start_step must be >= 0, got {seed} and {start_step}")
+        n = len(dataset)
+        per_rank = n // world_size
+        self.batches_per_epoch = per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"a data set of {n} examples over {world_size} rank(s) gives {per_rank} per "
+                             f"rank, fewer than batch_size {batch_size}: lower the batch size or use "
+                             f"drop_last=False")
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.step = start_step
+        self._batches = None
+
+    @property
+    def epoch(self) -> int:
+        return self.step // self.batches_per_epoch
+
+    def epoch_indices(self, epoch: int) -> list[list[int]]:
+        """The index lists of this rank's batches in ``epoch``."""
+        n = len(self.dataset)
+        order = (torch.randperm(n, generator=_generator(0, self.seed, epoch)) if self.shuffle
+                 else torch.arange(n))
+        mine = order[: n - n % self.world_size][self.rank::self.world_size].tolist()
+        b = self.batch_size
+        return [mine[i * b:(i + 1) * b] for i in range(self.batches_per_epoch)]
+
+    def _start_epoch(self):
+        epoch, offset = divmod(self.step, self.batches_per_epoch)
+        view = self.dataset
+        if hasattr(view, "set_epoch"):
+            view = copy.copy(view)  # shallow: shares the data, owns its epoch
+            view.set_epoch(epoch, self.seed)
+        loader = DataLoader(view, batch_sampler=self.epoch_indices(epoch)[offset:],
+                            num_workers=self.num_workers, pin_memory=self.pin_memory)
+        self._batches = iter(loader)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while True:
+            if self._batches is None:
+                self._start_epoch()
+            try:
+                batch = next(self._batches)
+            except StopIteration:
+                self._batches = None
+                continue
+            self.step += 1
+            return tuple(batch)
+
+    def __len__(self) -> int:
+        """Batches per epoch (the iterator itself never ends)."""
+        return self.batches_per_epoch
+
+
+def make_loader(dataset, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                drop_last: bool = True, num_workers: int = 0, start_step: int = 0,
+                shuffle: bool = True, pin_memory: bool = False) -> InfiniteLoader:
+    """An endless, per-rank sharded, reproducibly shuffled iterator of batches
+    ``(images [B, ...], labels [B])``; see :class:`InfiniteLoader`. ``batch_size`` is per rank."""
+    return InfiniteLoader(dataset, batch_size, seed, rank, world_size, drop_last, num_workers,
+                          start_step, shuffle, pin_memory)
