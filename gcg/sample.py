@@ -1,0 +1,291 @@
+"""Checkpoint(s) in, samples out: ``python -m gcg.sample CKPT`` and ``sample(...)`` for notebooks.
+
+DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) or DDIM (Song et al. 2020, Eq. (12)) over a
+respaced chain ("250", "ddim25"; Nichol & Dhariwal 2021 Sec. 4), optionally guided by a noisy
+classifier (Dhariwal & Nichol 2021, Algorithms 1-2, via `gcg.guidance.classifier_cond_fn`) or
+classifier-free (Ho & Salimans 2021, via `gcg.guidance.ClassifierFreeGuidance`).
+Writes ``samples_NxHxWxC.npz`` (``arr_0`` uint8 NHWC, ``arr_1`` int labels: the format the
+ADM evaluation suite and `gcg.evaluate` read) and a PNG grid.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+
+def _model_config(model):
+    cfg = getattr(model, "config", None) or getattr(model, "cfg", None)
+    if cfg is None:
+        raise ValueError("cannot infer the sample shape from this model: pass shape=(C, H, W)")
+    return cfg
+
+
+def sample_shape(model) -> tuple:
+    """One example's shape from a gcg network's config: (C, H, W), or (D,) for the toy MLP."""
+    cfg = _model_config(model)
+    if hasattr(cfg, "dim"):
+        return (cfg.dim,)
+    return (cfg.in_channels, cfg.image_size, cfg.image_size)
+
+
+@torch.no_grad()
+def generate(model, diffusion, num_samples: int, shape: tuple | None = None, class_labels=None,
+             sampler: str | None = None, timestep_respacing=None, eta: float = 0.0, cond_fn=None,
+             cond_at: str = "x_t", low_res: torch.Tensor | None = None, clip_denoised: bool = True,
+             generator: torch.Generator | None = None, device=None, progress: bool = False):
+    """One batch of samples x_0 [num_samples, *shape] in [-1, 1] (float, on `device`).
+
+    sampler: "ddpm" or "ddim" (default: "ddim" when `timestep_respacing` starts with "ddim").
+    class_labels: [num_samples] int labels for a class-conditional model (or None).
+    low_res: [num_samples, C, h, w] condition of a super-resolution model.
+    `model` may be any callable model(x, t, **kw) (e.g. a ClassifierFreeGuidance wrapper).
+    """
+    device = torch.device(device) if device is not None else _device_of(model)
+    shape = tuple(shape) if shape is not None else sample_shape(model)
+    spec = timestep_respacing
+    if sampler is None:
+        sampler = "ddim" if isinstance(spec, str) and spec.startswith("ddim") else "ddpm"
+    if sampler not in ("ddpm", "ddim"):
+        raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+    chain = diffusion.respace(spec) if spec else diffusion
+    kwargs = {}
+    if class_labels is not None:
+        kwargs["y"] = torch.as_tensor(class_labels, dtype=torch.long, device=device)
+    if low_res is not None:
+        kwargs["low_res"] = low_res.to(device)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    common = dict(clip_denoised=clip_denoised, cond_fn=cond_fn, model_kwargs=kwargs, device=device,
+                  progress=progress, generator=generator)
+    full_shape = (num_samples, *shape)
+    if sampler == "ddim":
+        return chain.ddim_sample_loop(model, full_shape, eta=eta, **common)
+    return chain.p_sample_loop(model, full_shape, cond_at=cond_at, **common)
+
+
+def _device_of(model) -> torch.device:
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            return p.device
+    inner = getattr(model, "model", None)  # e.g. ClassifierFreeGuidance
+    return _device_of(inner) if inner is not None else torch.device("cpu")
+
+
+def sample(model, diffusion, num_samples: int, batch_size: int | None = None, class_labels=None,
+           sampler: str | None = None, timestep_respacing=None, eta: float = 0.0, classifier=None,
+           classifier_scale: float = 1.0, cfg_scale: float = 0.0, cond_at: str = "x_t",
+           low_res: torch.Tensor | None = None, seed: int = 0, device=None, clip_denoised: bool = True,
+           progress: bool = True, shape: tuple | None = None):
+    """Draw `num_samples` samples in batches; returns (images [N, *shape] float in [-1, 1] on CPU,
+    labels [N] int64 or None).
+
+    class_labels: one label per sample, or None (a class-conditional model then gets labels drawn
+    uniformly with the seed; labels are required for guidance). classifier + classifier_scale:
+    classifier guidance; cfg_scale w > 0: classifier-free guidance (1 + w) eps(x, y) - w eps(x)
+    with the model's null label. The same seed and batch_size give the same samples.
+    """
+    from gcg.guidance import ClassifierFreeGuidance, classifier_cond_fn
+
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    device = torch.device(device) if device is not None else _device_of(model)
+    config = getattr(model, "config", None) or getattr(model, "cfg", None)
+    num_classes = getattr(config, "num_classes", None)
+    labels = None
+    if class_labels is not None:
+        labels = torch.as_tensor(class_labels, dtype=torch.long).flatten()
+        if len(labels) == 1:
+            labels = labels.expand(num_samples).clone()
+        if len(labels) != num_samples:
+            raise ValueError(f"got {len(labels)} class labels for {num_samples} samples: give one "
+                             "label, or one per sample")
+        if num_classes is not None and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(f"class labels must lie in [0, {num_classes}), got {labels.tolist()[:8]}...")
+    elif num_classes is not None or classifier is not None:
+        k = num_classes or _classifier_classes(classifier)
+        labels = torch.randint(0, k, (num_samples,), generator=torch.Generator().manual_seed(seed))
+    if cfg_scale:
+        null_label = getattr(model, "null_label", None)
+        if null_label is None:
+            raise ValueError("cfg_scale needs a model trained with a null label (class_null=True, "
+                             "train with p_uncond > 0)")
+        guided = ClassifierFreeGuidance(model, cfg_scale, null_label)
+    else:
+        guided = model
+    cond_fn = classifier_cond_fn(classifier.to(device), classifier_scale) if classifier is not None else None
+    if low_res is not None and len(low_res) != num_samples:
+        raise ValueError(f"low_res has {len(low_res)} images for {num_samples} samples")
+    batch_size = batch_size or num_samples
+    outputs = []
+    batches = range(0, num_samples, batch_size)
+    bar = tqdm(total=num_samples, disable=not progress or len(batches) == 1, desc="sampling", unit="img")
+    for start in batches:
+        rows = slice(start, min(start + batch_size, num_samples))
+        n = rows.stop - rows.start
+        batch_gen = torch.Generator(device).manual_seed(seed * 1_000_003 + start)
+        x = generate(guided, diffusion, n, shape=shape or sample_shape(model),
+                     class_labels=None if labels is None else labels[rows], sampler=sampler,
+                     timestep_respacing=timestep_respacing, eta=eta, cond_fn=cond_fn, cond_at=cond_at,
+                     low_res=None if low_res is None else low_res[rows], clip_denoised=clip_denoised,
+                     generator=batch_gen, device=device, progress=progress and len(batches) == 1)
+        outputs.append(x.float().cpu())
+        bar.update(n)
+    bar.close()
+    return torch.cat(outputs), labels
+
+
+def _classifier_classes(classifier) -> int:
+    cfg = getattr(classifier, "config", None)
+    if cfg is None or getattr(cfg, "num_classes", None) is None:
+        raise ValueError("classifier guidance needs class labels: pass class_labels")
+    return cfg.num_classes
+
+
+# ----------------------------------------------------------------------------- files
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C] (the ADM rounding: (x + 1) * 127.5)."""
+    x = ((images.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def save_samples(images: torch.Tensor, labels, out_dir) -> Path:
+    """Write ``samples_NxHxWxC.npz`` (arr_0 uint8 NHWC, arr_1 labels if any); vector data [N, D]
+    is stored as float32 in ``samples_NxD.npz``. Returns the path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    if images.ndim == 4:
+        arrays["arr_0"] = to_uint8(images)
+    else:
+        arrays["arr_0"] = images.detach().float().cpu().numpy()
+    if labels is not None:
+        arrays["arr_1"] = torch.as_tensor(labels).cpu().numpy().astype(np.int64)
+    path = out_dir / f"samples_{'x'.join(str(s) for s in arrays['arr_0'].shape)}.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def save_grid(images: torch.Tensor, path, nrow: int | None = None, labels=None) -> Path:
+    """A PNG of images [N, C, H, W] in [-1, 1] as a grid (nrow per row, default ~sqrt(N)); for
+    vector data [N, D] a scatter plot of the first two coordinates (coloured by `labels`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if images.ndim == 2:
+        return _save_scatter(images, path, labels)
+    from PIL import Image
+
+    arr = to_uint8(images)  # N, H, W, C
+    n, h, w, c = arr.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    pad = 1
+    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = arr[i]
+    scale = max(1, 256 // max(grid.shape[:2]))  # tiny images (8x8 digits) are upscaled to be visible
+    image = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    if scale > 1:
+        image = image.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    image.save(path)
+    return path
+
+
+def _save_scatter(points: torch.Tensor, path: Path, labels=None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = points.detach().float().cpu().numpy()
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(p[:, 0], p[:, 1], s=3, c=None if labels is None else np.asarray(labels), cmap="tab10")
+    ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def load_low_res(path, num_samples: int) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Images [N, C, h, w] in [-1, 1] (and labels) from a previous stage's samples npz."""
+    with np.load(path) as data:
+        arr, labels = data["arr_0"], (data["arr_1"] if "arr_1" in data else None)
+    if arr.ndim != 4 or arr.dtype != np.uint8:
+        raise ValueError(f"{path}: arr_0 must be uint8 NHWC images, got {arr.dtype} {arr.shape}")
+    if len(arr) < num_samples:
+        raise ValueError(f"{path} holds {len(arr)} images, fewer than --num-samples {num_samples}")
+    x = torch.from_numpy(arr[:num_samples]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return x, None if labels is None else labels[:num_samples]
+
+
+# ----------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m gcg.sample", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a gcg training checkpoint (checkpoint.pt)")
+    p.add_argument("--out-dir", default=".", help="where the npz and the PNG grid go")
+    p.add_argument("--num-samples", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=None, help="samples per forward batch")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default=None,
+                   help="default: ddim if the respacing starts with 'ddim', else ddpm")
+    p.add_argument("--steps", type=int, help="number of sampling steps (shorthand for the respacing)")
+    p.add_argument("--timestep-respacing", help="e.g. 250, ddim25, 10,10,10 (default: the full chain)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--class-labels", help="comma-separated labels, one or one per sample")
+    p.add_argument("--classifier", help="a noise-aware classifier checkpoint for guidance")
+    p.add_argument("--classifier-scale", type=float, default=1.0)
+    p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance weight w")
+    p.add_argument("--cond-at", choices=("x_t", "mean"), default="x_t",
+                   help="DDPM guidance: gradient at x_t (reference code) or at the mean")
+    p.add_argument("--low-res", help="super-resolution: the previous stage's samples npz")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    from gcg.checkpoint import load_model
+
+    args = build_parser().parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        spec = args.timestep_respacing
+        if args.steps is not None:
+            if spec is not None:
+                raise ValueError("give --steps or --timestep-respacing, not both")
+            spec = f"ddim{args.steps}" if args.sampler == "ddim" else str(args.steps)
+        model, diffusion = load_model(args.checkpoint, use_ema=not args.no_ema, device=device)
+        if diffusion is None or getattr(model.config, "kind", "unet") == "classifier":
+            raise ValueError(f"{args.checkpoint} is a classifier checkpoint; pass it as --classifier")
+        classifier = load_model(args.classifier, device=device)[0] if args.classifier else None
+        labels = [int(s) for s in args.class_labels.split(",")] if args.class_labels else None
+        low_res = None
+        if args.low_res:
+            low_res, stored = load_low_res(args.low_res, args.num_samples)
+            labels = labels if labels is not None or stored is None else stored.tolist()
+        images, labels = sample(model, diffusion, args.num_samples, batch_size=args.batch_size,
+                                class_labels=labels, sampler=args.sampler, timestep_respacing=spec,
+                                eta=args.eta, classifier=classifier,
+                                classifier_scale=args.classifier_scale, cfg_scale=args.cfg_scale,
+                                cond_at=args.cond_at, low_res=low_res, seed=args.seed, device=device,
+                                progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"gcg.sample: error: {exc}", file=sys.stderr)
+        return 2
+    path = save_samples(images, labels, args.out_dir)
+    grid = save_grid(images[:256], path.with_suffix(".png"), labels=None if labels is None else labels[:256])
+    print(f"gcg.sample: wrote {path} and {grid}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

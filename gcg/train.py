@@ -1,0 +1,739 @@
+"""The trainer: ``python -m gcg.train --preset NAME`` and ``train(config)`` for the notebooks.
+
+One loop for the three tasks of the book (`TrainConfig.task`):
+  "diffusion"  L_simple / L_hybrid of `GaussianDiffusion.training_losses` (Ho et al. 2020 Eq. (14),
+               Nichol & Dhariwal 2021 Eq. (16)), t from a `gcg.resample` schedule sampler;
+  "classifier" the noise-aware classifier of Dhariwal & Nichol 2021 Sec. 4.1: t ~ U{0..T-1},
+               x_t ~ q(x_t | x_0) (`q_sample`), cross-entropy, top-1/top-5 per timestep quartile;
+  "super_res"  a diffusion model conditioned on an augmented low-resolution image
+               (`gcg.cascade.super_res_kwargs`, Ho et al. 2021 Sec. 3.2).
+
+Multi-device: ``torchrun --nproc_per_node N -m gcg.train ...`` (DDP; `gcg.dist`). Randomness that
+defines the loss (t, noise, label dropout) is drawn for the GLOBAL batch from one generator shared
+by all ranks, and each rank takes its rows, so N processes reproduce one process with the same
+global batch. A step = `batch_size` examples, split into per-device micro-batches of `microbatch`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from gcg import dist
+from gcg.checkpoint import (build_model, checkpoint_path, list_checkpoints, load_checkpoint,
+                            save_checkpoint)
+from gcg.presets import TrainConfig, apply_overrides, describe_presets, get_preset, validate
+
+
+class DataUnavailable(RuntimeError):
+    """The data set could not be built (missing or malformed directory); the message says why."""
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns: the trained model, its EMA (first rate; the model itself if there are
+    no EMA rates), the diffusion it was trained with, the logged history (list of dicts, one per
+    `log_every` steps), every EMA by rate, and the step reached."""
+
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    diffusion: object
+    history: list
+    ema_models: dict = field(default_factory=dict)
+    step: int = 0
+    config: TrainConfig | None = None
+
+
+@dataclass
+class TrainState:
+    """Everything the loop mutates; `train_step` takes and updates one of these."""
+
+    config: TrainConfig
+    info: dist.DistInfo
+    model: torch.nn.Module  # the raw module (saved, EMA'd)
+    forward: torch.nn.Module  # what the loss calls: model, DDP(model) and/or torch.compile
+    ddp: torch.nn.Module | None
+    ema_models: dict
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    diffusion: object
+    schedule_sampler: object
+    generator: torch.Generator  # shared by all ranks: t, noise, label dropout of the global batch
+    rank_generator: torch.Generator  # per rank: super-resolution conditioning augmentation
+    model_config: object
+    data_shape: tuple  # one example's shape, e.g. (C, H, W) or (D,)
+    num_classes: int | None
+    step: int = 0
+
+
+# ----------------------------------------------------------------------------- vector data
+@dataclass
+class MLPConfig:
+    """A residual MLP denoiser for vector data [N, D] (the analytic toys; the UNets need images)."""
+
+    dim: int = 2
+    hidden: int = 256
+    depth: int = 3
+    num_classes: int | None = None
+    class_null: bool = False  # embedding row num_classes = "no label" (classifier-free guidance)
+    learn_sigma: bool = False
+
+    kind = "mlp"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+
+class MLPDenoiser(torch.nn.Module):
+    """model(x [N, D], timesteps [N], y=None [N]) -> [N, D] (or [N, 2D] with learn_sigma)."""
+
+    def __init__(self, cfg: MLPConfig):
+        super().__init__()
+        nn, width = torch.nn, cfg.hidden
+        self.cfg = cfg
+        self.time_embed = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        rows = None if cfg.num_classes is None else cfg.num_classes + int(cfg.class_null)
+        self.label_emb = None if rows is None else nn.Embedding(rows, width)
+        self.inp = nn.Linear(cfg.dim, width)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, width))
+                                    for _ in range(cfg.depth))
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(),
+                                 nn.Linear(width, cfg.dim * (2 if cfg.learn_sigma else 1)))
+
+    def forward(self, x, timesteps, y=None):
+        from gcg.nn.layers import timestep_embedding
+
+        emb = self.time_embed(timestep_embedding(timesteps, self.cfg.hidden))
+        if self.label_emb is not None:
+            if y is None:
+                raise ValueError("this model is class-conditional: pass y [N] (the null label is "
+                                 f"{self.cfg.num_classes} when class_null=True)")
+            emb = emb + self.label_emb(y)
+        h = self.inp(x)
+        for block in self.blocks:
+            h = h + block(h + emb)
+        return self.out(h)
+
+
+VECTOR_MODEL_PRESETS = {"toy_mlp": MLPConfig()}
+
+
+# ----------------------------------------------------------------------------- building
+def diffusion_config(config: TrainConfig):
+    """The `gcg.diffusion.DiffusionConfig` of a training config (stored in checkpoints)."""
+    from gcg.diffusion import DiffusionConfig
+
+    return DiffusionConfig(noise_schedule=config.noise_schedule, steps=config.diffusion_steps,
+                           model_mean_type=config.model_mean_type,
+                           model_var_type=config.model_var_type, loss_type=config.loss_type,
+                           decoder="discretized" if config.dataset != "toy-gmm" else "gaussian")
+
+
+def make_data(config: TrainConfig):
+    """`gcg.data.make_dataset` for this config; failures become `DataUnavailable` (message kept)."""
+    from gcg.data import make_dataset
+
+    try:
+        return make_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
+                            split="train")
+    except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError, OSError) as exc:
+        raise DataUnavailable(str(exc)) from exc
+
+
+def data_properties(dataset) -> tuple[tuple, int | None]:
+    """(shape of one example, number of classes or None) of a `gcg.data` data set."""
+    x = dataset[0][0]
+    num_classes = getattr(dataset, "num_classes", None)
+    if num_classes is None and getattr(dataset, "toy", None) is not None:
+        num_classes = getattr(dataset.toy, "num_classes", None)
+    if num_classes is None and getattr(dataset, "class_names", None):
+        num_classes = len(dataset.class_names)
+    if num_classes is None and getattr(dataset, "labels", None) is not None:
+        num_classes = int(torch.as_tensor(dataset.labels).max()) + 1
+    return tuple(torch.as_tensor(x).shape), num_classes
+
+
+def build_model_config(config: TrainConfig, data_shape: tuple, num_classes: int | None):
+    """The network config: the `MODEL_PRESETS[config.model]` entry made consistent with the data
+    (size, channels, classes) and the objective (learn_sigma, class_null, super_res), then patched
+    with `config.model_overrides`."""
+    from gcg.nn.config import MODEL_PRESETS, ClassifierConfig
+
+    presets = {**MODEL_PRESETS, **VECTOR_MODEL_PRESETS}
+    if config.model not in presets:
+        raise ValueError(f"unknown model preset {config.model!r}; valid: {', '.join(presets)}")
+    base = presets[config.model]
+    is_vector = isinstance(base, MLPConfig)
+    if is_vector != (len(data_shape) == 1) or len(data_shape) not in (1, 3):
+        raise ValueError(f"data set {config.dataset!r} yields examples of shape {data_shape} but model "
+                         f"{config.model!r} expects {'vectors [D]' if is_vector else 'images [C, H, W]'}")
+    channels = data_shape[0]
+    changes = dict(dim=channels) if is_vector else dict(image_size=data_shape[-1], in_channels=channels)
+    if isinstance(base, ClassifierConfig):
+        if config.task != "classifier":
+            raise ValueError(f"model {config.model!r} is a classifier; set task=classifier or pick a UNet")
+        if num_classes is None:
+            raise ValueError(f"data set {config.dataset!r} has no labels to train a classifier on")
+        changes["num_classes"] = num_classes
+    else:
+        if config.task == "classifier":
+            raise ValueError(f"task=classifier needs a classifier model preset, got UNet {config.model!r}")
+        cond = config.class_cond and num_classes is not None
+        changes.update(num_classes=num_classes if cond else None,
+                       class_null=cond and (config.p_uncond > 0 or base.class_null),
+                       learn_sigma=config.model_var_type in ("learned", "learned_range"))
+        if is_vector and config.task != "diffusion":
+            raise ValueError(f"model {config.model!r} supports task=diffusion only")
+        if not is_vector:
+            changes.update(out_channels=channels, super_res=config.task == "super_res",
+                           aug_level_cond=config.task == "super_res" and config.augment == "gaussian")
+        if config.p_uncond > 0 and not cond:
+            raise ValueError("p_uncond > 0 needs a labelled data set and class_cond=True")
+    if config.dropout is not None and not is_vector:
+        changes["dropout"] = config.dropout
+    names = {f.name for f in dataclasses.fields(base)}
+    unknown = sorted(set(config.model_overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown network fields {unknown} (from --set model.<field>); "
+                         f"valid fields of {type(base).__name__}: {sorted(names)}")
+    changes.update(config.model_overrides)
+    return dataclasses.replace(base, **changes)
+
+
+def make_schedule_sampler(config: TrainConfig, diffusion):
+    from gcg.resample import LossSecondMomentResampler, UniformSampler
+
+    if config.schedule_sampler == "uniform":
+        return UniformSampler(diffusion)
+    return LossSecondMomentResampler(diffusion)
+
+
+def setup(config: TrainConfig, dataset=None) -> tuple[TrainState, object]:
+    """Build model, EMA, optimizer, scaler, diffusion and generators; returns (state, dataset)."""
+    validate(config)
+    info = dist.init_distributed(config.device)
+    if config.batch_size % info.world_size:
+        raise ValueError(f"batch_size={config.batch_size} is not divisible by world_size="
+                         f"{info.world_size}; pick a global batch that splits evenly")
+    if info.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if config.precision == "bf16" and info.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("precision=bf16 is not supported on this GPU; use precision=fp16")
+    dataset = make_data(config) if dataset is None else dataset
+    data_shape, num_classes = data_properties(dataset)
+    model_config = build_model_config(config, data_shape, num_classes)
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    model = build_model(model_config).to(info.device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema_models = {rate: copy.deepcopy(model).eval().requires_grad_(False) for rate in config.ema_rates}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                  betas=(0.9, 0.999))
+    scaler = torch.amp.GradScaler(info.device.type, enabled=config.precision == "fp16")
+    diffusion = diffusion_config(config).build()
+    forward = ddp = None
+    if info.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda"
+                                      else None)
+    forward = ddp if ddp is not None else model
+    if config.compile:
+        forward = torch.compile(forward)
+    generator = torch.Generator(info.device).manual_seed(config.seed)
+    rank_generator = torch.Generator(info.device).manual_seed(config.seed + 1 + info.rank)
+    torch.manual_seed(config.seed + 7919 * (info.rank + 1))  # dropout differs across ranks
+    np.random.seed(config.seed + info.rank)
+    random.seed(config.seed + info.rank)
+    state = TrainState(config, info, model, forward, ddp, ema_models, optimizer, scaler, diffusion,
+                       make_schedule_sampler(config, diffusion), generator, rank_generator,
+                       model_config, data_shape, num_classes)
+    return state, dataset
+
+
+# ----------------------------------------------------------------------------- one step
+def _rank_rows(state: TrainState) -> slice:
+    """Rows of the global batch held by this rank: gcg.data.make_loader gives rank r the
+    interleaved positions r, r + W, r + 2W, ... of the single-process batch."""
+    return slice(state.info.rank, None, state.info.world_size)
+
+
+def _autocast(state: TrainState):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(state.config.precision)
+    return torch.autocast(state.info.device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def current_lr(config: TrainConfig, step: int) -> float:
+    """Constant, or linear decay to 0 over `lr_anneal_steps` (ADM's --lr_anneal_steps)."""
+    if config.lr_anneal_steps <= 0:
+        return config.lr
+    return config.lr * max(0.0, 1.0 - step / config.lr_anneal_steps)
+
+
+def _draw_global(state: TrainState, n: int):
+    """t, importance weights, noise (and label-dropout uniforms) for the global batch, sliced to this rank."""
+    cfg, device, gen = state.config, state.info.device, state.generator
+    if cfg.task == "classifier":
+        t_high = max(1, int(round(cfg.classifier_t_max * state.diffusion.num_timesteps)))
+        t = torch.randint(0, t_high, (n,), generator=gen, device=device)
+        weights = torch.ones(n, device=device)
+    else:
+        t, weights = state.schedule_sampler.sample(n, device, generator=gen)
+    noise = torch.randn((n, *state.data_shape), generator=gen, device=device)
+    drop = torch.rand(n, generator=gen, device=device) < cfg.p_uncond
+    rows = _rank_rows(state)
+    return t[rows], weights[rows], noise[rows], drop[rows]
+
+
+def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor | None) -> dict:
+    """One optimizer step on this rank's share `x` [b, ...], `y` [b] of the global batch.
+
+    Returns per-example statistics for logging (tensors on the device) and "skipped" (fp16 loss
+    scaling found inf/NaN gradients, or a non-finite gradient norm in fp32/bf16: no update).
+    """
+    cfg, model = state.config, state.model
+    x = x.to(state.info.device, non_blocking=True)
+    y = None if y is None else y.to(state.info.device, non_blocking=True)
+    t, weights, noise, drop = _draw_global(state, cfg.batch_size)
+    if y is not None and cfg.p_uncond > 0:  # Ho & Salimans 2021, Algorithm 1: c <- null w.p. p_uncond
+        y = torch.where(drop, torch.full_like(y, state.num_classes), y)
+    b = x.shape[0]
+    micro = cfg.microbatch or b
+    for group in state.optimizer.param_groups:
+        group["lr"] = current_lr(cfg, state.step)
+    state.optimizer.zero_grad(set_to_none=True)
+    model.train()
+    stats = {"t": t, "loss": [], "mse": [], "vb": [], "correct1": [], "correct5": []}
+    for start in range(0, b, micro):
+        rows = slice(start, min(start + micro, b))
+        last = rows.stop >= b
+        sync = contextlib.nullcontext() if (state.ddp is None or last) else state.ddp.no_sync()
+        with sync:
+            with _autocast(state):
+                losses = _losses(state, x[rows], t[rows], noise[rows], None if y is None else y[rows])
+            loss = (losses["loss"].float() * weights[rows]).sum() / b
+            state.scaler.scale(loss).backward()
+        for key in ("loss", "mse", "vb", "correct1", "correct5"):
+            if key in losses:
+                stats[key].append(losses[key].detach().float())
+    if cfg.task != "classifier" and hasattr(state.schedule_sampler, "update_with_local_losses"):
+        state.schedule_sampler.update_with_local_losses(t, torch.cat(stats["loss"]))
+    stats = {k: (torch.cat(v) if isinstance(v, list) else v) for k, v in stats.items() if len(v)}
+    stats.update(_optimizer_step(state))
+    return stats
+
+
+def _losses(state: TrainState, x, t, noise, y) -> dict:
+    cfg = state.config
+    if cfg.channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if cfg.task == "classifier":  # Dhariwal & Nichol 2021 Sec. 4.1: classify x_t ~ q(x_t | x_0)
+        logits = state.forward(state.diffusion.q_sample(x, t, noise=noise), t).float()
+        k = min(5, logits.shape[-1])
+        top = logits.topk(k, dim=-1).indices
+        return {"loss": F.cross_entropy(logits, y, reduction="none"),
+                "correct1": (top[:, 0] == y).float(), "correct5": (top == y[:, None]).any(-1).float()}
+    kwargs = {} if y is None or state.model_config.num_classes is None else {"y": y}
+    if cfg.task == "super_res":
+        from gcg.cascade import super_res_kwargs
+
+        kwargs.update(super_res_kwargs(x, low_res_size=cfg.low_res_size, augment=cfg.augment,
+                                       max_aug_level=cfg.max_aug_level, diffusion=state.diffusion,
+                                       generator=state.rank_generator))
+        if kwargs.get("aug_level") is None:
+            kwargs.pop("aug_level", None)
+    return state.diffusion.training_losses(state.forward, x, t, model_kwargs=kwargs, noise=noise)
+
+
+def _optimizer_step(state: TrainState) -> dict:
+    """Unscale, clip, step (skipped on inf/NaN), update the EMAs."""
+    cfg, scaler = state.config, state.scaler
+    params = [p for p in state.model.parameters() if p.requires_grad]
+    scale_before = scaler.get_scale() if scaler.is_enabled() else 1.0
+    scaler.unscale_(state.optimizer)
+    max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if scaler.is_enabled():
+        scaler.step(state.optimizer)  # skipped internally when unscale_ found inf/NaN
+        scaler.update()
+        skipped = scaler.get_scale() < scale_before
+    else:
+        skipped = not torch.isfinite(grad_norm).item()
+        if not skipped:
+            state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    if not skipped:
+        update_ema(state.ema_models, state.model)
+    state.step += 1
+    return {"grad_norm": grad_norm.detach().float(), "skipped": skipped, "loss_scale": scale_before}
+
+
+@torch.no_grad()
+def update_ema(ema_models: dict, model: torch.nn.Module) -> None:
+    """theta_ema <- rate * theta_ema + (1 - rate) * theta for every rate (buffers are copied)."""
+    params = list(model.parameters())
+    buffers = list(model.buffers())
+    for rate, ema in ema_models.items():
+        torch._foreach_lerp_(list(ema.parameters()), params, 1.0 - rate)
+        for b_ema, b in zip(ema.buffers(), buffers):
+            b_ema.copy_(b)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _rng_state(state: TrainState) -> dict:
+    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+           "generator": state.generator.get_state(), "rank_generator": state.rank_generator.get_state(),
+           "data_step": state.step}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _set_rng_state(state: TrainState, rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    state.generator.set_state(rng["generator"])
+    state.rank_generator.set_state(rng["rank_generator"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def make_checkpoint(state: TrainState) -> dict:
+    """The checkpoint payload (collective under DDP: every rank must call it; rank 0 saves it)."""
+    rng = _rng_state(state)
+    per_rank = [rng]
+    if state.info.world_size > 1:
+        per_rank = [None] * state.info.world_size
+        torch.distributed.all_gather_object(per_rank, rng)
+    sampler = state.schedule_sampler
+    return {
+        "model_config": state.model_config.to_dict(),
+        "diffusion_config": diffusion_config(state.config).to_dict(),
+        "model": state.model.state_dict(),
+        "ema": {rate: ema.state_dict() for rate, ema in state.ema_models.items()},
+        "optimizer": state.optimizer.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "step": state.step,
+        "rng": {"per_rank": per_rank, "world_size": state.info.world_size},
+        "schedule_sampler": sampler.state_dict() if hasattr(sampler, "state_dict") else vars(sampler),
+        "train_config": state.config.to_dict(),
+    }
+
+
+def restore(state: TrainState, path) -> None:
+    """Load model, EMA, optimizer, scaler, step, RNG and sampler state from `path` into `state`."""
+    from gcg.nn.config import load_state_dict_checked
+
+    payload = load_checkpoint(path, map_location=state.info.device)
+    stored, current = payload["model_config"], state.model_config.to_dict()
+    if stored != current:
+        diff = {k: (stored.get(k), current.get(k)) for k in current if stored.get(k) != current.get(k)}
+        raise ValueError(f"cannot resume from {path}: its network differs from this config "
+                         f"(field: (checkpoint, now)) {diff}")
+    load_state_dict_checked(state.model, payload["model"])
+    for rate, ema in state.ema_models.items():
+        if rate in payload["ema"]:
+            load_state_dict_checked(ema, payload["ema"][rate])
+        else:  # a new rate starts from the current weights
+            ema.load_state_dict(state.model.state_dict())
+    state.optimizer.load_state_dict(payload["optimizer"])
+    if payload.get("scaler"):
+        state.scaler.load_state_dict(payload["scaler"])
+    state.step = int(payload["step"])
+    sampler = state.schedule_sampler
+    if hasattr(sampler, "load_state_dict"):
+        sampler.load_state_dict(payload["schedule_sampler"])
+    else:
+        vars(sampler).update(payload["schedule_sampler"])
+    rng = payload["rng"]
+    if rng["world_size"] == state.info.world_size:
+        _set_rng_state(state, rng["per_rank"][state.info.rank])
+    else:  # a different number of devices: same shared generator, fresh per-rank streams
+        state.generator.set_state(rng["per_rank"][0]["generator"].to(state.generator.get_state().device))
+        print(f"gcg.train: resuming {rng['world_size']}-process checkpoint on {state.info.world_size} "
+              "processes; per-rank random streams (dropout, augmentation) are re-seeded", file=sys.stderr)
+
+
+def save(state: TrainState, out_dir: Path) -> Path | None:
+    """Rank 0 writes checkpoint_<step>.pt atomically, links checkpoint.pt to it, prunes old ones."""
+    payload = make_checkpoint(state)
+    if not state.info.is_main:
+        return None
+    path = save_checkpoint(checkpoint_path(out_dir, state.step), payload)
+    latest = out_dir / "checkpoint.pt"
+    tmp = out_dir / f".checkpoint.pt.link-{state.step}"
+    tmp.unlink(missing_ok=True)
+    try:
+        tmp.hardlink_to(path)
+        tmp.replace(latest)
+    except OSError:  # no hard links on this file system: write the latest copy too
+        save_checkpoint(latest, payload)
+    for old in list_checkpoints(out_dir)[:-max(1, state.config.keep_checkpoints)]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def resolve_resume(resume, out_dir) -> Path | None:
+    """`resume`: None/False (fresh), True (out_dir/checkpoint.pt) or a path."""
+    if not resume:
+        return None
+    if resume is True:
+        if out_dir is None:
+            raise ValueError("--resume without a path needs --out-dir (where checkpoint.pt lives)")
+        path = Path(out_dir) / "checkpoint.pt"
+        if not path.is_file():
+            found = list_checkpoints(out_dir)
+            if not found:
+                raise FileNotFoundError(f"--resume: no checkpoint.pt or checkpoint_*.pt in {out_dir}")
+            path = found[-1]
+        return path
+    return Path(resume)
+
+
+# ----------------------------------------------------------------------------- observability
+class MetricWindow:
+    """Running sums of per-example statistics between two log lines (per timestep quartile too)."""
+
+    def __init__(self):
+        self.sums, self.counts, self.images, self.skipped, self.start = {}, {}, 0, 0, time.perf_counter()
+
+    def add(self, stats: dict, num_timesteps: int, global_batch: int) -> None:
+        quartile = (stats["t"] * 4 // num_timesteps).clamp(max=3)
+        for key in ("loss", "mse", "vb", "correct1", "correct5"):
+            if key not in stats:
+                continue
+            name = {"correct1": "acc1", "correct5": "acc5"}.get(key, key)
+            values = stats[key]
+            self._add(name, values.sum(), values.numel())
+            for q in range(4):
+                mask = quartile == q
+                self._add(f"{name}_q{q}", values[mask].sum(), mask.sum())
+        self._add("grad_norm", stats["grad_norm"], 1)
+        self.images += global_batch
+        self.skipped += int(stats["skipped"])
+
+    def _add(self, name, total, count):
+        self.sums[name] = self.sums.get(name, 0.0) + torch.as_tensor(total, dtype=torch.float64)
+        self.counts[name] = self.counts.get(name, 0.0) + torch.as_tensor(count, dtype=torch.float64)
+
+    def summary(self, world_size: int) -> dict:
+        names = sorted(self.sums)
+        if not names:
+            return {}
+        sums = torch.stack([torch.as_tensor(self.sums[n]).cpu() for n in names])
+        counts = torch.stack([torch.as_tensor(self.counts[n]).cpu() for n in names])
+        if world_size > 1:  # average over all ranks' examples (grad_norm is identical on every rank)
+            both = torch.stack([sums, counts])
+            dist.all_reduce_mean(both)
+            sums, counts = both[0], both[1]
+        seconds = time.perf_counter() - self.start
+        out = {n: float(s / c) for n, s, c in zip(names, sums, counts) if c > 0}
+        out.update(images_per_s=self.images / max(seconds, 1e-9), skipped=self.skipped)
+        return out
+
+
+def plot_loss_curve(history: list, path: Path) -> None:
+    """loss (and vb / accuracy when present) against step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [h.get("loss", math.nan) for h in history], label="loss")
+    if any("acc1" in h for h in history):
+        ax2 = ax.twinx()
+        ax2.plot(steps, [h.get("acc1", math.nan) for h in history], color="C1", label="top-1")
+        ax2.set_ylabel("top-1 accuracy")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_sample_grid(state: TrainState, dataset, path: Path) -> None:
+    """Samples of the first EMA model (or the model) as a PNG grid (rank 0; diffusion tasks only)."""
+    from gcg.sample import generate, save_grid
+
+    cfg = state.config
+    model = next(iter(state.ema_models.values()), state.model)
+    n = cfg.num_sample_images
+    labels = None
+    if state.model_config.num_classes is not None:
+        labels = torch.arange(n, device=state.info.device) % state.model_config.num_classes
+    low_res = None
+    if cfg.task == "super_res":
+        from gcg.cascade import downsample
+
+        reference = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(min(n, len(dataset)))])
+        low_res = downsample(reference, cfg.low_res_size).to(state.info.device)
+        labels = None if labels is None else torch.as_tensor(
+            [int(dataset[i][1]) for i in range(len(reference))], device=state.info.device)
+        n = len(reference)
+    generator = torch.Generator(state.info.device).manual_seed(cfg.seed)
+    images = generate(model, state.diffusion, n, state.data_shape, class_labels=labels,
+                      timestep_respacing=cfg.sample_steps, low_res=low_res,
+                      generator=generator, device=state.info.device, progress=False)
+    save_grid(images, path, labels=None if labels is None else labels.cpu())
+
+
+# ----------------------------------------------------------------------------- the loop
+def train(config: TrainConfig, progress: bool = True, max_seconds: float | None = None,
+          resume=None, dataset=None) -> TrainResult:
+    """Train `config` until `config.max_steps` (total, counting resumed steps) or `max_seconds`.
+
+    resume: None (fresh), True (``out_dir/checkpoint.pt``) or a checkpoint path. `dataset`: an
+    already-built data set to use instead of ``gcg.data.make_dataset`` (notebooks).
+    With `config.out_dir` set, rank 0 writes config.json, metrics.jsonl, checkpoints, sample grids
+    and loss_curve.png there; with None nothing is written.
+    Returns a `TrainResult`.
+    """
+    from gcg.data import make_loader
+
+    state, dataset = setup(config, dataset)
+    cfg, info = state.config, state.info
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else None
+    writes = out_dir is not None and info.is_main
+    history: list[dict] = []
+    resume_path = resolve_resume(resume, out_dir)
+    if resume_path is not None:
+        restore(state, resume_path)
+    if writes:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        history = _truncate_metrics(out_dir / "metrics.jsonl", state.step)
+    loader = make_loader(dataset, batch_size=cfg.batch_size // info.world_size, seed=cfg.seed,
+                         rank=info.rank, world_size=info.world_size, start_step=state.step)
+    start_step, start_time = state.step, time.perf_counter()
+    bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not (progress and info.is_main),
+               desc=f"train {cfg.task}", dynamic_ncols=True)
+    window, last_saved = MetricWindow(), state.step
+    while state.step < cfg.max_steps:
+        if max_seconds is not None and _should_stop(time.perf_counter() - start_time > max_seconds, info):
+            break
+        x, y = next(loader)
+        stats = train_step(state, x, y if state.num_classes is not None else None)
+        window.add(stats, state.diffusion.num_timesteps, cfg.batch_size)
+        bar.update(1)
+        if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+            record = {"step": state.step, **window.summary(info.world_size),
+                      "lr": current_lr(cfg, state.step - 1), "loss_scale": stats["loss_scale"],
+                      "elapsed_s": time.perf_counter() - start_time}
+            window = MetricWindow()
+            history.append(record)
+            bar.set_postfix(loss=f"{record.get('loss', math.nan):.4f}",
+                            img_s=f"{record['images_per_s']:.0f}")
+            if writes:
+                with open(out_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+        if out_dir is not None and cfg.save_every and state.step % cfg.save_every == 0:
+            save(state, out_dir)
+            last_saved = state.step
+        if writes and cfg.task != "classifier" and cfg.sample_every and state.step % cfg.sample_every == 0:
+            write_sample_grid(state, dataset, out_dir / f"samples_{state.step:07d}.png")
+    bar.close()
+    if out_dir is not None and state.step > last_saved:
+        save(state, out_dir)
+    if writes and state.step > start_step:
+        if history:
+            plot_loss_curve(history, out_dir / "loss_curve.png")
+        if cfg.task != "classifier":
+            write_sample_grid(state, dataset, out_dir / "samples_final.png")
+    model = state.model.eval()
+    ema = next(iter(state.ema_models.values()), model)
+    return TrainResult(model, ema, state.diffusion, history, state.ema_models, state.step, cfg)
+
+
+def _should_stop(local_flag: bool, info: dist.DistInfo) -> bool:
+    """Rank 0's decision, broadcast so every rank leaves the loop at the same step."""
+    if info.world_size == 1:
+        return local_flag
+    flag = torch.tensor([float(local_flag)], device=info.device)
+    torch.distributed.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def _truncate_metrics(path: Path, step: int) -> list[dict]:
+    """Keep the log records up to `step` (a resumed run rewrites what came after its checkpoint)."""
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [r for r in records if r["step"] <= step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+# ----------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m gcg.train", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a diffusion model, a noise-aware classifier or a super-resolution stage.\n"
+                    "Multi-GPU: torchrun --nproc_per_node N -m gcg.train --preset NAME ...",
+        epilog="presets:\n" + describe_presets() +
+               "\n\nany TrainConfig field: --set key=value (network fields: --set model.<field>=value)")
+    parser.add_argument("--preset", required=True, help="a recipe name (listed below)")
+    parser.add_argument("--data-dir", help="where the data set lives (ImageNet etc.)")
+    parser.add_argument("--out-dir", help="checkpoints, logs and samples (default runs/<preset>)")
+    parser.add_argument("--batch-size", type=int, help="global batch size")
+    parser.add_argument("--max-steps", type=int, help="total optimizer steps")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field; repeatable")
+    parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
+                        help="continue from OUT_DIR/checkpoint.pt (or the given checkpoint)")
+    parser.add_argument("--max-seconds", type=float, help="stop (and checkpoint) after this long")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    return parser
+
+
+def config_from_args(args) -> TrainConfig:
+    config = get_preset(args.preset)
+    overrides = {"out_dir": args.out_dir or f"runs/{args.preset}"}
+    for flag, key in (("data_dir", "data_dir"), ("batch_size", "batch_size"), ("max_steps", "max_steps")):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    config = apply_overrides(config, overrides)
+    return apply_overrides(config, args.set)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+        result = train(config, progress=not args.no_progress, max_seconds=args.max_seconds,
+                       resume=args.resume)
+    except DataUnavailable as exc:
+        print(f"gcg.train: cannot load data set {config.dataset!r}: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"gcg.train: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        dist.cleanup()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"gcg.train: {result.step} steps; outputs in {result.config.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
