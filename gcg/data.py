@@ -213,14 +213,17 @@ class TensorImageDataset(_Augmented):
 # ImageNet 64x64: official downsampled .npz batches
 
 
-def _read_npz_array(path: str, key: str, cache_dir: str | None):
-    """Array ``key`` of the .npz at ``path`` without reading it whole when possible.
+def _npy_header(f):
+    """(shape, fortran_order, dtype) from an open .npy stream positioned at its magic string."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    return np.lib.format.read_array_header_2_0(f)
 
-    ``np.savez`` stores members uncompressed, so the .npy bytes lie contiguous in the zip file
-    and are memory-mapped in place. A compressed member (``np.savez_compressed``) is
-    decompressed once into ``cache_dir`` and memory-mapped from there, or, without a
-    ``cache_dir``, read into RAM.
-    """
+
+def _npz_member(path: str, key: str):
+    """Where array ``key`` of the .npz at ``path`` lives, read from headers only:
+    (shape, fortran_order, dtype, offset of the raw bytes in the file, or None if compressed)."""
     with zipfile.ZipFile(path) as zf:
         try:
             info = zf.getinfo(key + ".npy")
@@ -228,38 +231,44 @@ def _read_npz_array(path: str, key: str, cache_dir: str | None):
             raise DataError(f"{path} is not an ImageNet 64x64 batch: it has no '{key}' array "
                             f"(found {sorted(n[:-4] for n in zf.namelist())})") from None
         if info.compress_type != zipfile.ZIP_STORED:
-            if cache_dir is None:
-                with zf.open(info) as f:
-                    return np.lib.format.read_array(f)
-            os.makedirs(cache_dir, exist_ok=True)
-            cached = os.path.join(cache_dir, f"{os.path.basename(path)[:-4]}.{key}.npy")
-            if not os.path.exists(cached):
-                with zf.open(info) as f:
-                    arr = np.lib.format.read_array(f)
-                np.save(cached + ".tmp.npy", arr)
-                os.replace(cached + ".tmp.npy", cached)
-            return np.load(cached, mmap_mode="r")
+            with zf.open(info) as f:
+                return (*_npy_header(f), None)
     with open(path, "rb") as f:
         f.seek(info.header_offset)
-        local = f.read(30)
+        local = f.read(30)  # the zip local file header; its name/extra lengths locate the data
         if local[:4] != b"PK\x03\x04":
             raise DataError(f"{path}: corrupt zip member '{key}.npy'; download the batch again")
         name_len, extra_len = struct.unpack("<HH", local[26:30])
         f.seek(info.header_offset + 30 + name_len + extra_len)
-        version = np.lib.format.read_magic(f)
-        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-        if read_header is None:
-            with zipfile.ZipFile(path) as zf, zf.open(info) as g:
-                return np.lib.format.read_array(g)
-        shape, fortran, dtype = read_header(f)
-        offset = f.tell()
-    if dtype.hasobject:
-        raise DataError(f"{path}: '{key}' holds Python objects, expected a numeric array")
-    if math.prod(shape) == 0:
-        return np.zeros(shape, dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
-                     order="F" if fortran else "C")
+        shape, fortran, dtype = _npy_header(f)
+        return shape, fortran, dtype, f.tell()
+
+
+def _read_npz_array(path: str, key: str, cache_dir: str | None):
+    """Array ``key`` of the .npz at ``path``, without reading it whole when possible.
+
+    ``np.savez`` stores members uncompressed, so the .npy bytes lie contiguous in the zip file
+    and are memory-mapped in place. A compressed member (``np.savez_compressed``) is
+    decompressed once into ``cache_dir`` and memory-mapped from there, or, without a
+    ``cache_dir``, read into RAM.
+    """
+    shape, fortran, dtype, offset = _npz_member(path, key)
+    if offset is not None:
+        if math.prod(shape) == 0:
+            return np.zeros(shape, dtype)
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
+                         order="F" if fortran else "C")
+    cached = None if cache_dir is None else os.path.join(cache_dir, f"{os.path.basename(path)[:-4]}.{key}.npy")
+    if cached is not None and os.path.exists(cached):
+        return np.load(cached, mmap_mode="r")
+    with zipfile.ZipFile(path) as zf, zf.open(key + ".npy") as f:
+        arr = np.lib.format.read_array(f)
+    if cached is None:
+        return arr
+    os.makedirs(cache_dir, exist_ok=True)
+    np.save(cached + ".tmp.npy", arr)
+    os.replace(cached + ".tmp.npy", cached)
+    return np.load(cached, mmap_mode="r")
 
 
 def _imagenet_missing_message(data_dir: str, split: str) -> str:
@@ -308,7 +317,7 @@ class ImageNet64Npz(_Augmented):
         self.files, self.split, self.random_flip = files, split, random_flip
         self._cache_dir = cache_dir
         self._data = [None] * len(files)
-        labels, sizes = [], []
+        labels, sizes, row_lengths = [], [], []
         for path in files:
             try:
                 with np.load(path) as z:
@@ -324,18 +333,19 @@ class ImageNet64Npz(_Augmented):
             if y.size and (y.min() < 1 or y.max() > 1000):
                 raise DataError(f"{path}: labels must lie in 1..1000 (the official batches are "
                                 f"1-based), found {y.min()}..{y.max()}")
-            data = self._array(len(labels))
-            if data.dtype != np.uint8 or data.ndim != 2 or data.shape[0] != len(y):
+            shape, _, dtype, _ = _npz_member(path, "data")
+            if dtype != np.uint8 or len(shape) != 2 or shape[0] != len(y):
                 raise DataError(f"{path}: expected 'data' uint8 [N, 3*S*S] with N = {len(y)} labels, "
-                                f"found {data.dtype} {list(data.shape)}")
+                                f"found {dtype} {list(shape)}")
             labels.append(torch.from_numpy(y - 1))
             sizes.append(len(y))
-        side = math.isqrt(self._array(0).shape[1] // 3)
-        if 3 * side * side != self._array(0).shape[1]:
-            raise DataError(f"{files[0]}: rows of {self._array(0).shape[1]} values are not 3*S*S images")
-        for k in range(len(files)):
-            if self._array(k).shape[1] != 3 * side * side:
-                raise DataError(f"{files[k]} holds images of a different size than {files[0]}")
+            row_lengths.append(shape[1])
+        side = math.isqrt(row_lengths[0] // 3)
+        if 3 * side * side != row_lengths[0]:
+            raise DataError(f"{files[0]}: rows of {row_lengths[0]} values are not 3*S*S images")
+        for path, length in zip(files, row_lengths):
+            if length != row_lengths[0]:
+                raise DataError(f"{path} holds images of a different size than {files[0]}")
         self.native_size = side
         self.image_size = image_size or side
         if self.image_size > side or side % self.image_size:
@@ -474,7 +484,7 @@ class ImageFolderDataset(_Augmented):
         except OSError as e:
             raise DataError(f"cannot read image {self.files[index]}: {e}") from None
         arr = random_crop_arr(im, self.image_size, g) if self.random_crop else center_crop_arr(im, self.image_size)
-        x = _to_unit_range(torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1))
+        x = _to_unit_range(torch.from_numpy(np.array(arr)).permute(2, 0, 1))
         return self._maybe_flip(x, g), self.labels[index]
 
 
@@ -534,6 +544,14 @@ def load_torchvision_dataset(name: str, data_dir: str | None = None, image_size:
 # offline: scikit-learn digits
 
 
+@lru_cache(maxsize=1)
+def _sklearn_digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images, digits.target
+
+
 def load_digits_dataset(split: str = "train", image_size: int = 8, test_fraction: float = 0.2,
                         random_flip: bool = False) -> TensorImageDataset:
     """scikit-learn's handwritten digits: 1,797 images of 8x8, 10 classes, pixels 0..16 mapped
@@ -541,24 +559,26 @@ def load_digits_dataset(split: str = "train", image_size: int = 8, test_fraction
     class and fixed (the same for every call). ``image_size`` > 8 resizes bilinearly.
     ``.as_tensors()`` gives all images [N, 1, S, S] and labels [N] at once.
     """
-    from sklearn.datasets import load_digits
-
     if split not in ("train", "test", "all"):
         raise DataError(f"digits split must be 'train', 'test' or 'all', got {split!r}")
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
-    labels = torch.tensor(digits.target, dtype=torch.int64)
+    digit_images, target = _sklearn_digits()
+    images = torch.tensor(digit_images, dtype=torch.float32)[:, None] / 8.0 - 1.0
+    labels = torch.tensor(target, dtype=torch.int64)
     if split != "all":
         rng = np.random.RandomState(0)
         is_test = np.zeros(len(labels), dtype=bool)
         for c in range(10):
-            members = np.flatnonzero(digits.target == c)
+            members = np.flatnonzero(target == c)
             is_test[rng.permutation(members)[: round(test_fraction * len(members))]] = True
         keep = torch.from_numpy(np.flatnonzero(is_test if split == "test" else ~is_test))
-        images, labels = images[keep], labels[keep]
+    else:
+        keep = torch.arange(len(labels))
+    images, labels = images[keep], labels[keep]
     if image_size != 8:
         images = _fit_size(images, image_size, "resize", fill=-1.0).clamp(-1, 1)
-    return TensorImageDataset(images, labels, random_flip=random_flip, class_names=[str(c) for c in range(10)])
+    ds = TensorImageDataset(images, labels, random_flip=random_flip, class_names=[str(c) for c in range(10)])
+    ds.source_indices = keep  # rows of sklearn's load_digits() in this split
+    return ds
 
 
 # --------------------------------------------------------------------------------------------
