@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import random
 import re
 import struct
 import warnings
@@ -69,17 +70,25 @@ class DataError(ValueError):
 
 
 def _mix_seed(*ints: int) -> int:
-    """A 63-bit seed from non-negative integers (NumPy's SeedSequence hashing)."""
-    return int(np.random.SeedSequence([int(i) for i in ints]).generate_state(1, np.uint64)[0] >> 1)
+    """A 64-bit seed from integers: SplitMix64 finalisers chained over the inputs (cheap,
+    and nearby inputs give unrelated seeds)."""
+    h = 0x9E3779B97F4A7C15
+    for i in ints:
+        h = (h ^ (int(i) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 29
+    return h
 
 
 def _generator(*ints: int) -> torch.Generator:
+    """torch generator for whole-tensor draws (the loader's epoch permutation)."""
     return torch.Generator().manual_seed(_mix_seed(*ints))
 
 
-def _randint(high: int, generator: torch.Generator) -> int:
-    """Uniform integer in [0, high]."""
-    return int(torch.randint(0, high + 1, (1,), generator=generator))
+def _item_rng(*ints: int) -> random.Random:
+    """Python RNG for per-example draws (a flip, a crop position): far cheaper than a torch
+    generator per example."""
+    return random.Random(_mix_seed(*ints))
 
 
 def _to_unit_range(x: torch.Tensor) -> torch.Tensor:
@@ -156,12 +165,12 @@ class _Augmented(Dataset):
     def set_epoch(self, epoch: int, seed: int = 0) -> None:
         self.epoch, self.seed = int(epoch), int(seed)
 
-    def _item_generator(self, index: int) -> torch.Generator:
-        return _generator(1, self.seed, self.epoch, index)
+    def _item_rng(self, index: int) -> random.Random:
+        return _item_rng(1, self.seed, self.epoch, index)
 
-    def _maybe_flip(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _maybe_flip(self, x: torch.Tensor, rng: random.Random) -> torch.Tensor:
         """Random horizontal flip with probability 1/2 (Ho et al. 2020, Sec. 4; ADM)."""
-        if self.random_flip and bool(torch.rand((), generator=generator) < 0.5):
+        if self.random_flip and rng.random() < 0.5:
             return x.flip(-1)
         return x
 
@@ -205,7 +214,7 @@ class TensorImageDataset(_Augmented):
         x = self.images[index]
         x = _to_unit_range(x) if x.dtype == torch.uint8 else x.to(torch.float32)
         if self.random_flip:
-            x = self._maybe_flip(x, self._item_generator(index))
+            x = self._maybe_flip(x, self._item_rng(index))
         return x, self.labels[index]
 
 
@@ -372,7 +381,7 @@ class ImageNet64Npz(_Augmented):
         x = _to_unit_range(torch.from_numpy(row).view(3, s, s))
         if self.image_size != s:
             x = downsample(x, self.image_size)
-        x = self._maybe_flip(x, self._item_generator(index))
+        x = self._maybe_flip(x, self._item_rng(index))
         return x, self.labels[index]
 
 
@@ -380,37 +389,36 @@ class ImageNet64Npz(_Augmented):
 # image folders (ADM layout and class sub-directories)
 
 
-def center_crop_arr(pil_image, image_size: int) -> np.ndarray:
-    """ADM's preprocessing: halve with BOX filtering while the short side is >= 2 * image_size,
-    resize with BICUBIC so the short side is image_size, crop the centre. -> uint8 [S, S, 3]."""
+def _resize_short_side(pil_image, short: int):
+    """ADM's resize: halve with BOX filtering while the short side is >= 2 * short, then
+    BICUBIC so the short side is ``short``. -> uint8 array [H, W, C]."""
     from PIL import Image
 
-    while min(pil_image.size) >= 2 * image_size:
-        pil_image = pil_image.resize(tuple(v // 2 for v in pil_image.size), resample=Image.BOX)
-    scale = image_size / min(pil_image.size)
-    pil_image = pil_image.resize(tuple(round(v * scale) for v in pil_image.size), resample=Image.BICUBIC)
-    arr = np.asarray(pil_image)
-    top, left = (arr.shape[0] - image_size) // 2, (arr.shape[1] - image_size) // 2
-    return arr[top:top + image_size, left:left + image_size]
-
-
-def random_crop_arr(pil_image, image_size: int, generator: torch.Generator,
-                    min_crop_frac: float = 0.8, max_crop_frac: float = 1.0) -> np.ndarray:
-    """Random-crop augmentation of the guided-diffusion code: resize so the short side is a
-    random length in [image_size / max_crop_frac, image_size / min_crop_frac] (BOX halvings,
-    then BICUBIC), then crop an image_size square at a random position. -> uint8 [S, S, 3]."""
-    from PIL import Image
-
-    lo = math.ceil(image_size / max_crop_frac)
-    hi = math.ceil(image_size / min_crop_frac)
-    short = lo + _randint(hi - lo, generator)
     while min(pil_image.size) >= 2 * short:
         pil_image = pil_image.resize(tuple(v // 2 for v in pil_image.size), resample=Image.BOX)
     scale = short / min(pil_image.size)
     pil_image = pil_image.resize(tuple(round(v * scale) for v in pil_image.size), resample=Image.BICUBIC)
-    arr = np.asarray(pil_image)
-    top = _randint(arr.shape[0] - image_size, generator)
-    left = _randint(arr.shape[1] - image_size, generator)
+    return np.asarray(pil_image)
+
+
+def center_crop_arr(pil_image, image_size: int) -> np.ndarray:
+    """ADM's preprocessing: resize so the short side is image_size (BOX halvings, then
+    BICUBIC), crop the centre. -> uint8 [S, S, C]."""
+    arr = _resize_short_side(pil_image, image_size)
+    top, left = (arr.shape[0] - image_size) // 2, (arr.shape[1] - image_size) // 2
+    return arr[top:top + image_size, left:left + image_size]
+
+
+def random_crop_arr(pil_image, image_size: int, rng: random.Random,
+                    min_crop_frac: float = 0.8, max_crop_frac: float = 1.0) -> np.ndarray:
+    """Random-crop augmentation of the guided-diffusion code: resize so the short side is a
+    random length in [image_size / max_crop_frac, image_size / min_crop_frac], then crop an
+    image_size square at a random position. -> uint8 [S, S, C]."""
+    lo = math.ceil(image_size / max_crop_frac)
+    hi = math.ceil(image_size / min_crop_frac)
+    arr = _resize_short_side(pil_image, rng.randint(lo, hi))
+    top = rng.randint(0, arr.shape[0] - image_size)
+    left = rng.randint(0, arr.shape[1] - image_size)
     return arr[top:top + image_size, left:left + image_size]
 
 
@@ -476,7 +484,7 @@ class ImageFolderDataset(_Augmented):
         from PIL import Image
 
         index = _check_index(index, len(self))
-        g = self._item_generator(index)
+        g = self._item_rng(index)
         try:
             with Image.open(self.files[index]) as im:
                 im.load()
@@ -663,11 +671,11 @@ class PhotoPatches(_Augmented):
     def _locate(self, index: int):
         index = _check_index(index, len(self))
         label = index // self.patches_per_class
-        g = self._item_generator(index) if self.split == "train" else _generator(2, index)
+        g = self._item_rng(index) if self.split == "train" else _item_rng(2, index)
         H = self.images[label].shape[-2]
         c0, c1 = self.regions[label]
-        top = _randint(H - self.size, g)
-        left = c0 + _randint(c1 - c0 - self.size, g)
+        top = g.randint(0, H - self.size)
+        left = g.randint(c0, c1 - self.size)
         return label, top, left, g
 
     def __getitem__(self, index: int):
