@@ -10,6 +10,8 @@ between the legacy and the new head order.
 """
 
 import dataclasses
+import functools
+import json
 import os
 import re
 
@@ -100,18 +102,24 @@ def _resolve_config(config):
     return config
 
 
-def _expected_shapes(config):
-    """gcg key -> shape for ``config``, from a model built on the meta device (no memory, no init)."""
+@functools.lru_cache(maxsize=32)
+def _layout(config_json):
+    """(gcg key -> shape, gcg key -> reference key) of a config, from a model built on the meta
+    device (no memory, no init); cached per config."""
     with torch.device("meta"):
-        model = create_model(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        model = create_model(config_from_dict(json.loads(config_json)))
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    with_attn = {int(m[1]) for k in shapes if (m := re.match(r"up_blocks\.(\d+)\.attn\.", k))}
+    return shapes, {k: _gcg_to_reference_name(k, with_attn) for k in shapes}
+
+
+def _expected_shapes(config):
+    return dict(_layout(json.dumps(config.to_dict()))[0])
 
 
 def reference_key_map(config):
     """Ordered dict gcg key -> reference key for every tensor of ``config``'s model."""
-    shapes = _expected_shapes(_resolve_config(config))
-    with_attn = {int(m[1]) for k in shapes if (m := re.match(r"up_blocks\.(\d+)\.attn\.", k))}
-    return {k: _gcg_to_reference_name(k, with_attn) for k in shapes}
+    return dict(_layout(json.dumps(_resolve_config(config).to_dict()))[1])
 
 
 def _translate(state_dict, key_map, shapes, source):
@@ -189,23 +197,25 @@ def convert_attention_order(state_dict, config, new_order=True):
 def load_openai_checkpoint(path, name, attention_order=None, map_location="cpu"):
     """Load an OpenAI guided-diffusion release (e.g. ``64x64_diffusion.pt``) as a gcg model in eval mode.
 
-    name: one of OPENAI_MODELS (the file's stem). attention_order: None keeps the release's qkv
+    name: one of OPENAI_MODELS (the file's stem), or a UNetConfig / ClassifierConfig for a model
+    trained with other flags of the reference code. attention_order: None keeps the file's qkv
     order; "new" or "legacy" repacks the weights (same function, other head layout).
-    Diffusion settings of the release: ``OPENAI_DIFFUSION[name]`` (for gcg.DiffusionConfig).
+    Diffusion settings of a release: ``OPENAI_DIFFUSION[name]`` (fields of gcg.DiffusionConfig).
     """
-    if name not in OPENAI_MODELS:
-        raise ValueError(f"unknown OpenAI model {name!r}; choose one of {list(OPENAI_MODELS)}")
+    if isinstance(name, str) and name not in OPENAI_MODELS:
+        raise ValueError(f"unknown OpenAI model {name!r}; choose one of {list(OPENAI_MODELS)} or pass a config")
     if attention_order not in (None, "new", "legacy"):
         raise ValueError(f"attention_order must be None, 'new' or 'legacy', got {attention_order!r}")
     path = os.fspath(path)
     if not os.path.isfile(path):
+        stem = name if isinstance(name, str) else "<model>"
         raise FileNotFoundError(
             f"OpenAI checkpoint {path!r} not found. The released weights are linked from the "
-            f"openai/guided-diffusion README ({RELEASES_URL}); download {name}.pt there and pass its path, "
-            f"e.g. put it at models/{name}.pt and call load_openai_checkpoint('models/{name}.pt', {name!r})."
+            f"openai/guided-diffusion README ({RELEASES_URL}); download {stem}.pt there and pass its path, "
+            f"e.g. put it at models/{stem}.pt and call load_openai_checkpoint('models/{stem}.pt', {stem!r})."
         )
     state_dict = torch.load(path, map_location=map_location, weights_only=True)
-    config = get_preset(name)
+    config = _resolve_config(name)
     state_dict = openai_to_gcg(state_dict, config)
     if attention_order is not None:
         state_dict, config = convert_attention_order(state_dict, config, new_order=attention_order == "new")
