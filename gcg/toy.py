@@ -98,7 +98,9 @@ class GaussianMixture:
 
     # -------------------------------------------------------------- noisy marginals, in closed form
     def _noisy(self, x, alpha_bar):
-        """Float64 x [n, D] and alpha_bar [n or 1, 1, 1, 1] -> (diff [n, K, D, 1], Cholesky [., K, D, D])."""
+        """The noisy components at alpha_bar (scalar or [n]) for float64 x [n, D]:
+        diff = x_t - sqrt(ab) mu_k [n, K, D], precision @ diff [n, K, D] with precision
+        (ab Sigma_k + (1 - ab) I)^{-1}, and log det of the covariance [n or 1, K]."""
         x = self._check_x(x).to(torch.float64)
         ab = torch.as_tensor(alpha_bar, dtype=torch.float64, device=x.device).reshape(-1)
         if ab.numel() not in (1, x.shape[0]):
@@ -106,21 +108,24 @@ class GaussianMixture:
         if bool(((ab <= 0) | (ab > 1)).any()):
             raise ValueError("alpha_bar must lie in (0, 1]")
         if ab.numel() > 1 and bool((ab == ab[0]).all()):
-            ab = ab[:1]  # one Cholesky for the whole batch when t is shared
-        ab = ab[:, None, None, None]
-        means = self.means.to(x.device)
-        cov_t = ab * self.covs.to(x.device) + (1 - ab) * torch.eye(self.dim, dtype=torch.float64, device=x.device)
-        diff = (x[:, None, :] - ab[..., 0].sqrt() * means)[..., None]
-        return diff, torch.linalg.cholesky(cov_t)
-
-    def _component_log_prob(self, diff, chol):
-        """log N_k(x_t) for every component: [n, K]."""
-        z = torch.linalg.solve_triangular(chol, diff, upper=False)
+            ab = ab[:1]  # one factorisation for the whole batch when t is shared
+        eye = torch.eye(self.dim, dtype=torch.float64, device=x.device)
+        cov_t = ab[:, None, None, None] * self.covs.to(x.device) + (1 - ab)[:, None, None, None] * eye
+        chol = torch.linalg.cholesky(cov_t)
+        precision = torch.cholesky_inverse(chol)
         log_det = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-        return -0.5 * ((z**2).sum((-2, -1)) + log_det + self.dim * math.log(2 * math.pi))
+        diff = x[:, None, :] - ab.sqrt()[:, None, None] * self.means.to(x.device)
+        if precision.shape[0] == 1:  # shared alpha_bar: one [K, D, D] precision for the batch
+            precision_diff = torch.einsum("nkd,kde->nke", diff, precision[0])
+        else:
+            precision_diff = torch.einsum("nkd,nkde->nke", diff, precision)
+        return diff, precision_diff, log_det
 
-    def _log_joint(self, diff, chol):
-        return torch.log(self.weights.to(diff.device)) + self._component_log_prob(diff, chol)
+    def _log_joint(self, diff, precision_diff, log_det):
+        """log w_k + log N_k(x_t): [n, K]."""
+        maha = (diff * precision_diff).sum(-1)
+        log_normal = -0.5 * (maha + log_det + self.dim * math.log(2 * math.pi))
+        return torch.log(self.weights.to(diff.device)) + log_normal
 
     def log_prob(self, x, alpha_bar=1.0) -> torch.Tensor:
         """log q(x_t) in nats, [n]; with the default alpha_bar = 1 the data density log p(x_0)."""
@@ -145,9 +150,9 @@ class GaussianMixture:
         Component score: -(ab Sigma_k + (1 - ab) I)^{-1} (x_t - sqrt(ab) mu_k); the marginal score
         averages them with weights p(k | x_t). Entries y == num_classes mean "no label" (marginal),
         the null label of classifier-free guidance."""
-        diff, chol = self._noisy(x_t, alpha_bar)
-        component_scores = -torch.cholesky_solve(diff, chol).squeeze(-1)  # [n, K, D]
-        log_joint = self._log_joint(diff, chol)
+        diff, precision_diff, log_det = self._noisy(x_t, alpha_bar)
+        component_scores = -precision_diff  # [n, K, D]
+        log_joint = self._log_joint(diff, precision_diff, log_det)
         posterior = torch.softmax(log_joint, dim=1)
         marginal = (posterior[..., None] * component_scores).sum(1)
         if y is None:
