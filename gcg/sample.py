@@ -37,13 +37,16 @@ def sample_shape(model) -> tuple:
 @torch.no_grad()
 def generate(model, diffusion, num_samples: int, shape: tuple | None = None, class_labels=None,
              sampler: str | None = None, timestep_respacing=None, eta: float = 0.0, cond_fn=None,
-             cond_at: str = "x_t", low_res: torch.Tensor | None = None, clip_denoised: bool = True,
-             generator: torch.Generator | None = None, device=None, progress: bool = False):
+             cond_at: str = "x_t", low_res: torch.Tensor | None = None, aug_level: float | None = None,
+             clip_denoised: bool = True, generator: torch.Generator | None = None, device=None,
+             progress: bool = False):
     """One batch of samples x_0 [num_samples, *shape] in [-1, 1] (float, on `device`).
 
     sampler: "ddpm" or "ddim" (default: "ddim" when `timestep_respacing` starts with "ddim").
     class_labels: [num_samples] int labels for a class-conditional model (or None).
-    low_res: [num_samples, C, h, w] condition of a super-resolution model.
+    low_res: [num_samples, C, h, w] condition of a super-resolution model, used as given;
+    aug_level: its conditioning-augmentation level s (a model with aug_level_cond needs one; 0 =
+    clean condition). Noising the condition to level s is `gcg.cascade`'s job.
     `model` may be any callable model(x, t, **kw) (e.g. a ClassifierFreeGuidance wrapper).
     """
     device = torch.device(device) if device is not None else _device_of(model)
@@ -59,6 +62,8 @@ def generate(model, diffusion, num_samples: int, shape: tuple | None = None, cla
         kwargs["y"] = torch.as_tensor(class_labels, dtype=torch.long, device=device)
     if low_res is not None:
         kwargs["low_res"] = low_res.to(device)
+    if aug_level is not None:
+        kwargs["aug_level"] = torch.full((num_samples,), float(aug_level), device=device)
     if isinstance(model, torch.nn.Module):
         model.eval()
     common = dict(clip_denoised=clip_denoised, cond_fn=cond_fn, model_kwargs=kwargs, device=device,
@@ -80,7 +85,7 @@ def _device_of(model) -> torch.device:
 def sample(model, diffusion, num_samples: int, batch_size: int | None = None, class_labels=None,
            sampler: str | None = None, timestep_respacing=None, eta: float = 0.0, classifier=None,
            classifier_scale: float = 1.0, cfg_scale: float = 0.0, cond_at: str = "x_t",
-           low_res: torch.Tensor | None = None, seed: int = 0, device=None, clip_denoised: bool = True,
+           low_res: torch.Tensor | None = None, aug_level: float | None = None, seed: int = 0, device=None, clip_denoised: bool = True,
            progress: bool = True, shape: tuple | None = None):
     """Draw `num_samples` samples in batches; returns (images [N, *shape] float in [-1, 1] on CPU,
     labels [N] int64 or None).
@@ -121,6 +126,8 @@ def sample(model, diffusion, num_samples: int, batch_size: int | None = None, cl
     cond_fn = classifier_cond_fn(classifier.to(device), classifier_scale) if classifier is not None else None
     if low_res is not None and len(low_res) != num_samples:
         raise ValueError(f"low_res has {len(low_res)} images for {num_samples} samples")
+    if aug_level is None and getattr(config, "aug_level_cond", False):
+        aug_level = 0.0  # a clean low-resolution condition
     batch_size = batch_size or num_samples
     outputs = []
     batches = range(0, num_samples, batch_size)
@@ -132,7 +139,8 @@ def sample(model, diffusion, num_samples: int, batch_size: int | None = None, cl
         x = generate(guided, diffusion, n, shape=shape or sample_shape(model),
                      class_labels=None if labels is None else labels[rows], sampler=sampler,
                      timestep_respacing=timestep_respacing, eta=eta, cond_fn=cond_fn, cond_at=cond_at,
-                     low_res=None if low_res is None else low_res[rows], clip_denoised=clip_denoised,
+                     low_res=None if low_res is None else low_res[rows], aug_level=aug_level,
+                     clip_denoised=clip_denoised,
                      generator=batch_gen, device=device, progress=progress and len(batches) == 1)
         outputs.append(x.float().cpu())
         bar.update(n)
@@ -245,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cond-at", choices=("x_t", "mean"), default="x_t",
                    help="DDPM guidance: gradient at x_t (reference code) or at the mean")
     p.add_argument("--low-res", help="super-resolution: the previous stage's samples npz")
+    p.add_argument("--aug-level", type=float, default=None,
+                   help="super-resolution: the conditioning-augmentation level s fed to the model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
@@ -276,7 +286,8 @@ def main(argv=None) -> int:
                                 class_labels=labels, sampler=args.sampler, timestep_respacing=spec,
                                 eta=args.eta, classifier=classifier,
                                 classifier_scale=args.classifier_scale, cfg_scale=args.cfg_scale,
-                                cond_at=args.cond_at, low_res=low_res, seed=args.seed, device=device,
+                                cond_at=args.cond_at, low_res=low_res, aug_level=args.aug_level,
+                                seed=args.seed, device=device,
                                 progress=not args.no_progress)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         print(f"gcg.sample: error: {exc}", file=sys.stderr)

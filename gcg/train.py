@@ -72,7 +72,8 @@ class TrainState:
     scaler: torch.amp.GradScaler
     diffusion: object
     schedule_sampler: object
-    generator: torch.Generator  # shared by all ranks: t, noise, label dropout of the global batch
+    generator: torch.Generator  # on the device, same on all ranks: noise of the global batch
+    cpu_generator: torch.Generator  # same on all ranks: t and label dropout of the global batch
     rank_generator: torch.Generator  # per rank: super-resolution conditioning augmentation
     model_config: object
     data_shape: tuple  # one example's shape, e.g. (C, H, W) or (D,)
@@ -215,11 +216,9 @@ def build_model_config(config: TrainConfig, data_shape: tuple, num_classes: int 
 
 
 def make_schedule_sampler(config: TrainConfig, diffusion):
-    from gcg.resample import LossSecondMomentResampler, UniformSampler
+    from gcg.resample import create_named_schedule_sampler
 
-    if config.schedule_sampler == "uniform":
-        return UniformSampler(diffusion)
-    return LossSecondMomentResampler(diffusion)
+    return create_named_schedule_sampler(config.schedule_sampler, diffusion)
 
 
 def setup(config: TrainConfig, dataset=None) -> tuple[TrainState, object]:
@@ -256,12 +255,13 @@ def setup(config: TrainConfig, dataset=None) -> tuple[TrainState, object]:
     if config.compile:
         forward = torch.compile(forward)
     generator = torch.Generator(info.device).manual_seed(config.seed)
+    cpu_generator = torch.Generator().manual_seed(config.seed)
     rank_generator = torch.Generator(info.device).manual_seed(config.seed + 1 + info.rank)
     torch.manual_seed(config.seed + 7919 * (info.rank + 1))  # dropout differs across ranks
     np.random.seed(config.seed + info.rank)
     random.seed(config.seed + info.rank)
     state = TrainState(config, info, model, forward, ddp, ema_models, optimizer, scaler, diffusion,
-                       make_schedule_sampler(config, diffusion), generator, rank_generator,
+                       make_schedule_sampler(config, diffusion), generator, cpu_generator, rank_generator,
                        model_config, data_shape, num_classes)
     return state, dataset
 
@@ -287,15 +287,15 @@ def current_lr(config: TrainConfig, step: int) -> float:
 
 def _draw_global(state: TrainState, n: int):
     """t, importance weights, noise (and label-dropout uniforms) for the global batch, sliced to this rank."""
-    cfg, device, gen = state.config, state.info.device, state.generator
+    cfg, device, cpu_gen = state.config, state.info.device, state.cpu_generator
     if cfg.task == "classifier":
         t_high = max(1, int(round(cfg.classifier_t_max * state.diffusion.num_timesteps)))
-        t = torch.randint(0, t_high, (n,), generator=gen, device=device)
+        t = torch.randint(0, t_high, (n,), generator=cpu_gen).to(device)
         weights = torch.ones(n, device=device)
     else:
-        t, weights = state.schedule_sampler.sample(n, device, generator=gen)
-    noise = torch.randn((n, *state.data_shape), generator=gen, device=device)
-    drop = torch.rand(n, generator=gen, device=device) < cfg.p_uncond
+        t, weights = state.schedule_sampler.sample(n, device, generator=cpu_gen)
+    drop = (torch.rand(n, generator=cpu_gen) < cfg.p_uncond).to(device)
+    noise = torch.randn((n, *state.data_shape), generator=state.generator, device=device)
     rows = _rank_rows(state)
     return t[rows], weights[rows], noise[rows], drop[rows]
 
@@ -397,7 +397,8 @@ def update_ema(ema_models: dict, model: torch.nn.Module) -> None:
 # ----------------------------------------------------------------------------- checkpoints
 def _rng_state(state: TrainState) -> dict:
     rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-           "generator": state.generator.get_state(), "rank_generator": state.rank_generator.get_state(),
+           "generator": state.generator.get_state(), "cpu_generator": state.cpu_generator.get_state(),
+           "rank_generator": state.rank_generator.get_state(),
            "data_step": state.step}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -409,6 +410,7 @@ def _set_rng_state(state: TrainState, rng: dict) -> None:
     np.random.set_state(rng["numpy"])
     random.setstate(rng["python"])
     state.generator.set_state(rng["generator"])
+    state.cpu_generator.set_state(rng["cpu_generator"])
     state.rank_generator.set_state(rng["rank_generator"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
@@ -440,7 +442,7 @@ def restore(state: TrainState, path) -> None:
     """Load model, EMA, optimizer, scaler, step, RNG and sampler state from `path` into `state`."""
     from gcg.nn.config import load_state_dict_checked
 
-    payload = load_checkpoint(path, map_location=state.info.device)
+    payload = load_checkpoint(path, map_location="cpu")  # RNG states must stay on the CPU
     stored, current = payload["model_config"], state.model_config.to_dict()
     if stored != current:
         diff = {k: (stored.get(k), current.get(k)) for k in current if stored.get(k) != current.get(k)}
@@ -465,7 +467,8 @@ def restore(state: TrainState, path) -> None:
     if rng["world_size"] == state.info.world_size:
         _set_rng_state(state, rng["per_rank"][state.info.rank])
     else:  # a different number of devices: same shared generator, fresh per-rank streams
-        state.generator.set_state(rng["per_rank"][0]["generator"].to(state.generator.get_state().device))
+        state.generator.set_state(rng["per_rank"][0]["generator"])
+        state.cpu_generator.set_state(rng["per_rank"][0]["cpu_generator"])
         print(f"gcg.train: resuming {rng['world_size']}-process checkpoint on {state.info.world_size} "
               "processes; per-rank random streams (dropout, augmentation) are re-seeded", file=sys.stderr)
 
@@ -593,6 +596,7 @@ def write_sample_grid(state: TrainState, dataset, path: Path) -> None:
     generator = torch.Generator(state.info.device).manual_seed(cfg.seed)
     images = generate(model, state.diffusion, n, state.data_shape, class_labels=labels,
                       timestep_respacing=cfg.sample_steps, low_res=low_res,
+                      aug_level=0.0 if getattr(state.model_config, "aug_level_cond", False) else None,
                       generator=generator, device=state.info.device, progress=False)
     save_grid(images, path, labels=None if labels is None else labels.cpu())
 
@@ -631,7 +635,9 @@ def train(config: TrainConfig, progress: bool = True, max_seconds: float | None 
     while state.step < cfg.max_steps:
         if max_seconds is not None and _should_stop(time.perf_counter() - start_time > max_seconds, info):
             break
-        x, y = next(loader)
+        rng = torch.get_rng_state()  # a DataLoader draws a seed from the global RNG at each new
+        x, y = next(loader)  # epoch; keep that out of the training stream so resume stays exact
+        torch.set_rng_state(rng)
         stats = train_step(state, x, y if state.num_classes is not None else None)
         window.add(stats, state.diffusion.num_timesteps, cfg.batch_size)
         bar.update(1)
