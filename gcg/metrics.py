@@ -139,12 +139,29 @@ def fid_from_features(feats_a, feats_b) -> float:
 
     FID when the features are Inception pool3 (2048-d); sFID for the spatial ``mixed_6/conv``
     features; "FD on domain features" for :mod:`gcg.features` (not comparable to published FID).
+
+    When both sets are smaller than the dimension (Na, Nb <= D) the trace term is computed in
+    sample space, exactly and without any D x D decomposition: with centred features A, B and
+    S_a = A^T A / (Na - 1), S_b = B^T B / (Nb - 1), the non-zero eigenvalues of S_a S_b are those
+    of (A B^T)(A B^T)^T / ((Na - 1)(Nb - 1)), so
+        Tr (S_a S_b)^{1/2} = ||A B^T||_* / sqrt((Na - 1)(Nb - 1)).
+    Otherwise it calls :func:`frechet_distance` on the statistics.
     """
-    mu_a, sigma_a = feature_statistics(feats_a)
-    mu_b, sigma_b = feature_statistics(feats_b)
-    if mu_a.shape != mu_b.shape:
-        raise ValueError(f"feature dimensions differ: {mu_a.shape[0]} vs {mu_b.shape[0]}; use the same feature network.")
-    return frechet_distance(mu_a, sigma_a, mu_b, sigma_b)
+    a = _as_matrix(feats_a, "feats_a")
+    b = _as_matrix(feats_b, "feats_b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature dimensions differ: {a.shape[1]} vs {b.shape[1]}; use the same feature network.")
+    if min(a.shape[0], b.shape[0]) < 2:
+        raise ValueError("fid_from_features needs at least 2 feature rows in each set.")
+    if max(a.shape[0], b.shape[0]) > a.shape[1]:
+        return frechet_distance(*feature_statistics(a), *feature_statistics(b))
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ac, bc = a - mu_a, b - mu_b
+    na, nb = a.shape[0] - 1, b.shape[0] - 1
+    trace_sqrt = torch.linalg.svdvals(ac @ bc.T).sum() / (na * nb) ** 0.5
+    diff = mu_a - mu_b
+    fd = diff @ diff + (ac**2).sum() / na + (bc**2).sum() / nb - 2.0 * trace_sqrt
+    return float(fd)
 
 
 def spatial_features(feature_map: torch.Tensor, num_channels: int = 7) -> torch.Tensor:
