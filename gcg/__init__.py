@@ -20,6 +20,9 @@ _EXPORTS = {
     "discretized_gaussian_log_likelihood": "gcg.losses",
     "UniformSampler": "gcg.resample",
     "LossSecondMomentResampler": "gcg.resample",
+    "create_named_schedule_sampler": "gcg.resample",
+    "Gaussian": "gcg.toy",
+    "GaussianMixture": "gcg.toy",
     # chapter 04: guidance
     "classifier_cond_fn": "gcg.guidance",
     "ClassifierFreeGuidance": "gcg.guidance",
@@ -38,6 +41,10 @@ _EXPORTS = {
     "fid_from_features": "gcg.metrics",
     "inception_score": "gcg.metrics",
     "precision_recall": "gcg.metrics",
+    # chapter 08: data
+    "make_dataset": "gcg.data",
+    "make_loader": "gcg.data",
+    "DataError": "gcg.data",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

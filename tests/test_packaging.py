@@ -46,3 +46,15 @@ def test_lazy_exports_resolve_to_their_modules():
         assert "no_such_name" in str(err)
     else:  # pragma: no cover
         raise AssertionError("unknown names must raise AttributeError")
+
+
+def test_every_export_resolves():
+    import gcg
+
+    missing = []
+    for name in gcg._EXPORTS:
+        try:
+            getattr(gcg, name)
+        except (AttributeError, ImportError) as err:
+            missing.append(f"{name}: {err}")
+    assert not missing, missing
