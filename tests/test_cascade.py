@@ -20,7 +20,9 @@ from gcg.cascade import (
     sample_stage,
     super_res_kwargs,
 )
-from gcg.diffusion import GaussianDiffusion
+from gcg.checkpoint import save_checkpoint
+from gcg.diffusion import DiffusionConfig, GaussianDiffusion
+from gcg.guidance import classifier_cond_fn
 from gcg.nn.config import create_model, get_preset
 from gcg.schedules import get_named_beta_schedule
 from gcg.toy import GaussianMixture
@@ -384,13 +386,9 @@ def test_cascade_end_to_end_with_tiny_unets_keeps_labels_and_guides_only_the_bas
                      (1, 32, 32), sampler="ddim", steps="ddim4", eta=1.0),
     ]
     cascade = Cascade(stages)
-    guided_t = []
-
-    def cond_fn(x, t, y=None, **kwargs):
-        guided_t.append(t.clone())
-        assert x.shape[-1] == 8 and torch.equal(y, labels)
-        return torch.zeros_like(x)
-
+    classifier = create_model(get_preset("tiny_classifier"))
+    guided = _Spy(lambda x, t, **kw: classifier(x, t))
+    cond_fn = classifier_cond_fn(guided, scale=3.0)  # a real gradient through the classifier
     labels = torch.tensor([2, 0, 1])
     final, outs = cascade.sample(3, y=labels, cond_fn=cond_fn, generator=torch.Generator().manual_seed(0),
                                  return_stages=True)
@@ -398,7 +396,8 @@ def test_cascade_end_to_end_with_tiny_unets_keeps_labels_and_guides_only_the_bas
     assert final is outs[-1] and torch.isfinite(final).all() and final.abs().max() <= 1
     for stage in stages:
         assert all(torch.equal(call["y"], labels) for call in stage.model.calls)
-    assert len(guided_t) == len(stages[0].model.calls) > 0  # guidance at every base step, nowhere else
+    # guidance at every base step (on 8x8 inputs), nowhere else
+    assert [int(c["t"][0]) for c in guided.calls] == [int(c["t"][0]) for c in stages[0].model.calls]
     assert sorted({int(c["t"][0]) for c in stages[0].model.calls}) == [55, 66, 77, 88, 99]  # stops at s=44
     assert torch.equal(stages[1].model.calls[0]["low_res"], outs[0])
     assert all(torch.equal(c["low_res"], outs[1]) for c in stages[2].model.calls)  # no blur or noise
@@ -426,3 +425,17 @@ def test_cascade_validates_its_stages():
     cascade = Cascade([CascadeStage(_zeros_model, d, (1, 4, 4), steps="5")])
     with pytest.raises(ValueError, match=r"one label per sample, shape \(2,\)"):
         cascade.sample(2, y=torch.tensor([0, 1, 2]))
+
+
+def test_a_stage_loads_from_a_training_checkpoint(tmp_path):
+    model = _sr_unet(16, aug=True, seed=3)
+    ema = {k: v + 1.0 for k, v in model.state_dict().items()}
+    diffusion_config = DiffusionConfig(noise_schedule="cosine", steps=100, model_var_type="learned_range")
+    save_checkpoint(tmp_path / "sr.pt", {"model_config": model.config.to_dict(), "model": model.state_dict(),
+                                         "ema": {0.999: ema}, "diffusion_config": diffusion_config.to_dict()})
+    stage = CascadeStage.from_checkpoint(tmp_path / "sr.pt", steps="ddim5", sampler="ddim", aug_level=40)
+    assert stage.shape == (1, 16, 16) and stage.diffusion.num_timesteps == 100
+    torch.testing.assert_close(stage.model.state_dict()["out_conv.bias"], ema["out_conv.bias"])  # EMA weights
+    base = CascadeStage(_zeros_model, _diffusion(100, "cosine"), (1, 8, 8), steps="5")
+    out = Cascade([base, stage]).sample(2, y=torch.tensor([0, 1]), generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 1, 16, 16) and torch.isfinite(out).all()
