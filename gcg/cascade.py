@@ -39,8 +39,10 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from gcg.data import downsample  # area (box) downsampling, re-exported for the trainer
+from gcg.losses import normal_kl
 
 AUGMENTS = ("gaussian", "blur", "none")
 MODES = ("non_truncated", "truncated")
@@ -65,24 +67,11 @@ def _rand(shape, generator=None, device=None) -> torch.Tensor:
     return torch.rand(shape, generator=generator, device=generator.device).to(device)
 
 
-def _timestep_map(diffusion) -> torch.Tensor:
-    """The chain index -> original timestep map of ``diffusion`` as a LongTensor on the CPU."""
-    tmap = getattr(diffusion, "timestep_map", None)
-    if tmap is None:
-        return torch.arange(diffusion.num_timesteps)
-    return torch.as_tensor(tmap, dtype=torch.long).cpu()
-
-
 def _model_device(model, default="cpu") -> torch.device:
     """Device of the first parameter of ``model`` (an nn.Module), else ``default``."""
     params = getattr(model, "parameters", None)
     first = next(iter(params()), None) if callable(params) else None
     return first.device if first is not None else torch.device(default)
-
-
-def _is_respaced(diffusion) -> bool:
-    tmap = _timestep_map(diffusion)
-    return not torch.equal(tmap, torch.arange(len(tmap)))
 
 
 def aug_alphas_cumprod(diffusion=None) -> torch.Tensor:
@@ -95,19 +84,9 @@ def aug_alphas_cumprod(diffusion=None) -> torch.Tensor:
         from gcg.schedules import get_named_beta_schedule
 
         return torch.cumprod(1.0 - get_named_beta_schedule("linear", 1000), dim=0)
-    if hasattr(diffusion, "original_betas"):
-        return torch.cumprod(1.0 - torch.as_tensor(diffusion.original_betas, dtype=torch.float64).cpu(), dim=0)
-    if not hasattr(diffusion, "alphas_cumprod"):
-        raise TypeError(
-            f"expected a GaussianDiffusion (with .alphas_cumprod) for the augmentation process, "
-            f"got {type(diffusion).__name__}"
-        )
-    if _is_respaced(diffusion):
-        raise ValueError(
-            "the augmentation process is respaced, but aug_level s counts timesteps of the ORIGINAL "
-            "chain; pass the un-respaced diffusion"
-        )
-    return torch.as_tensor(diffusion.alphas_cumprod, dtype=torch.float64).cpu()
+    if not hasattr(diffusion, "original_betas"):
+        raise TypeError(f"expected a GaussianDiffusion for the augmentation process, got {type(diffusion).__name__}")
+    return torch.cumprod(1.0 - diffusion.original_betas.double().cpu(), dim=0)
 
 
 def _check_images(x, name="x_high"):
@@ -346,7 +325,7 @@ class CascadeStage:
 
 def _stop_index(stage: CascadeStage, aug_level: int) -> int:
     """Chain index k of the stage's sampling chain whose timestep is s (truncated sampling)."""
-    tmap = _timestep_map(stage.sampling_diffusion())
+    tmap = stage.sampling_diffusion().timestep_map.cpu()
     hits = (tmap == int(aug_level)).nonzero()
     if len(hits) == 0:
         nearest = tmap[(tmap - int(aug_level)).abs().argsort()[:3]].sort().values.tolist()
@@ -496,6 +475,7 @@ class Cascade:
 # the bound
 
 
+@torch.no_grad()
 def cascade_bpd(
     base_model: Callable,
     base_diffusion,
@@ -536,7 +516,7 @@ def cascade_bpd(
         raise ValueError(f"low_res has {z0.shape[0]} examples for {x_high.shape[0]} high-resolution ones")
     n, device = x_high.shape[0], x_high.device
     nats_per_bpd = math.log(2.0) * x_high[0].numel()
-    tmap = _timestep_map(base_diffusion)
+    tmap = base_diffusion.timestep_map.cpu()
     hits = (tmap == int(aug_level)).nonzero()
     if len(hits) == 0:
         raise ValueError(
@@ -545,22 +525,13 @@ def cascade_bpd(
         )
     k = int(hits[0, 0])
     T = base_diffusion.num_timesteps
-    abar = torch.as_tensor(base_diffusion.alphas_cumprod, dtype=torch.float64).to(device)
     sum_dims = lambda v: v.reshape(n, -1).sum(dim=1)  # noqa: E731
 
-    from gcg.losses import normal_kl
-
-    # prior term KL(q(z_T | z_0) || N(0, I))
-    a_T = abar[T - 1].to(z0.dtype)
-    prior = normal_kl(a_T.sqrt() * z0, torch.log(1.0 - a_T), torch.zeros_like(z0), torch.zeros_like(z0))
-    terms = [sum_dims(prior)]
-    # KL(q(z_{t-1} | z_t, z_0) || p(z_{t-1} | z_t)) for chain indices t = T-1 ... k+1
-    indices = range(T - 1, k, -1)
-    if progress:
-        from tqdm.auto import tqdm
-
-        indices = tqdm(indices, desc="base terms")
-    for i in indices:
+    # L_T = KL(q(z_T | z_0) || N(0, I))
+    mean, _, log_var = base_diffusion.q_mean_variance(z0, torch.full((n,), T - 1, dtype=torch.long, device=device))
+    terms = [sum_dims(normal_kl(mean, log_var, torch.zeros_like(z0), torch.zeros_like(z0)))]
+    # L_{t-1} = KL(q(z_{t-1} | z_t, z_0) || p(z_{t-1} | z_t)) for chain indices t = T-1 ... k+1
+    for i in tqdm(range(T - 1, k, -1), disable=not progress, desc="base terms"):
         t = torch.full((n,), i, dtype=torch.long, device=device)
         z_t = base_diffusion.q_sample(z0, t, noise=_randn(z0.shape, generator, device, z0.dtype))
         true_mean, _, true_log_var = base_diffusion.q_posterior_mean_variance(z0, z_t, t)

@@ -403,10 +403,9 @@ def test_cascade_end_to_end_with_tiny_unets_keeps_labels_and_guides_only_the_bas
     assert all(torch.equal(c["low_res"], outs[1]) for c in stages[2].model.calls)  # no blur or noise
     assert all("aug_level" not in c for c in stages[2].model.calls)
     # the SR stage's output depends on the z it is handed
-    again = stages[1]
     kw = {"y": labels, "aug_level": torch.full((3,), 44.0)}
-    a = sample_stage(again, 3, {**kw, "low_res": outs[0]}, generator=torch.Generator().manual_seed(5))
-    b = sample_stage(again, 3, {**kw, "low_res": -outs[0]}, generator=torch.Generator().manual_seed(5))
+    a = sample_stage(stages[1], 3, {**kw, "low_res": outs[0]}, generator=torch.Generator().manual_seed(5))
+    b = sample_stage(stages[1], 3, {**kw, "low_res": -outs[0]}, generator=torch.Generator().manual_seed(5))
     assert (a - b).abs().amax(dim=(1, 2, 3)).min() > 1e-4
 
 
