@@ -388,14 +388,15 @@ N_CONV, STEPS = 600, (10, 40, 160)
 @pytest.fixture(scope="module")
 def convergence(toy):
     """Guided samples (s = 1) of the unconditional exact model for 10, 40, 160 DDPM steps, with the
-    gradient at x_t, at the mean, and in DDIM form (eta = 1, same noise), plus s = 4 at 160 steps."""
+    gradient at x_t, in DDIM form (eta = 1, same noise) and (10, 40 steps) at the mean; s = 4 at 160 steps."""
     y = torch.arange(N_CONV) % K
     cond_fn = classifier_cond_fn(toy["classifier"], 1.0)
     runs = {}
     for steps in STEPS:
         chain = toy["base"].respace(str(steps))
         runs["x_t", steps] = sample(chain, "p_sample_loop", toy["unconditional"], N_CONV, y, cond_fn, cond_at="x_t")
-        runs["mean", steps] = sample(chain, "p_sample_loop", toy["unconditional"], N_CONV, y, cond_fn, cond_at="mean")
+        if steps < 160:
+            runs["mean", steps] = sample(chain, "p_sample_loop", toy["unconditional"], N_CONV, y, cond_fn, cond_at="mean")
         runs["ddim", steps] = sample(chain, "ddim_sample_loop", toy["unconditional"], N_CONV, y, cond_fn, eta=1.0)
     runs["s4", 160] = sample(chain, "p_sample_loop", toy["unconditional"], N_CONV, y,
                              classifier_cond_fn(toy["classifier"], 4.0), seed=7)
@@ -451,8 +452,62 @@ def test_ddpm_and_ddim_form_guidance_agree_in_the_small_step_limit(convergence):
 
 def test_gradient_at_x_t_vs_at_mean(convergence):
     """Evaluating grad log p(y | .) at mu instead of x_t (same classifier noise level) moves samples
-    by O(1/steps) (measured RMS 0.023 / 0.008 / 0.002): far below the sampler's own error."""
+    by O(1/steps) (measured RMS 0.023 / 0.008 at 10 / 40 steps, vs the DDPM/DDIM-form gap 0.67 / 0.22):
+    where the gradient is taken matters far less than the step size."""
     runs = convergence["runs"]
-    gap = [((runs["x_t", s] - runs["mean", s]) ** 2).sum(1).mean().sqrt().item() for s in STEPS]
-    assert gap[0] > gap[1] > gap[2], gap
-    assert gap[0] < 0.05 and gap[2] < 0.005, gap
+    gap = [((runs["x_t", s] - runs["mean", s]) ** 2).sum(1).mean().sqrt().item() for s in STEPS[:2]]
+    assert gap[0] > 2 * gap[1] > 0, gap
+    assert gap[0] < 0.05 and gap[1] < 0.015, gap
+
+
+# --------------------------------------------------------------------------------------------------
+# Part 3: end to end through the command line, with tiny random networks (CPU, a few seconds).
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tmp_path_factory):
+    from gcg.checkpoint import save_checkpoint
+    from gcg.diffusion import DiffusionConfig
+    from gcg.nn.config import create_model, get_preset
+
+    root = tmp_path_factory.mktemp("guidance_cli")
+    torch.manual_seed(0)
+    unet_config, clf_config = get_preset("tiny"), get_preset("tiny_classifier")  # 3 classes + null row
+    diffusion_config = DiffusionConfig(steps=40, noise_schedule="cosine", model_var_type="learned_range").to_dict()
+    for name, config, diff in [("unet", unet_config, diffusion_config), ("classifier", clf_config, None)]:
+        model = create_model(config)
+        with torch.no_grad():  # random, but not the zero-initialised output layers: outputs must move
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        save_checkpoint(root / f"{name}.pt", {"model_config": config.to_dict(), "diffusion_config": diff,
+                                               "model": model.state_dict(), "ema": {}, "step": 0})
+    return root
+
+
+def run_cli(root, out, *extra):
+    import numpy as np
+
+    from gcg.sample import main
+
+    argv = [str(root / "unet.pt"), "--out-dir", str(root / out), "--num-samples", "6", "--steps", "4",
+            "--class-labels", "0,1,2,0,1,2", "--seed", "3", "--no-progress", *extra]
+    assert main(argv) == 0
+    (path,) = (root / out).glob("samples_*.npz")
+    with np.load(path) as data:
+        return data["arr_0"], data["arr_1"]
+
+
+def test_cli_classifier_and_classifier_free_guidance_end_to_end(tiny_checkpoints):
+    root = tiny_checkpoints
+    plain, labels = run_cli(root, "plain")
+    assert plain.shape == (6, 8, 8, 1) and plain.dtype.name == "uint8"
+    assert labels.tolist() == [0, 1, 2, 0, 1, 2]
+    classifier = ["--classifier", str(root / "classifier.pt")]
+    zero, _ = run_cli(root, "scale0", *classifier, "--classifier-scale", "0")
+    assert (zero == plain).all()  # scale 0 through the CLI is the unguided sampler
+    guided, _ = run_cli(root, "scale30", *classifier, "--classifier-scale", "30", "--cond-at", "mean")
+    assert (guided != plain).any()
+    ddim, _ = run_cli(root, "ddim", *classifier, "--classifier-scale", "30", "--sampler", "ddim")
+    assert ddim.shape == plain.shape
+    cfg, _ = run_cli(root, "cfg", "--cfg-scale", "3")
+    assert (cfg != plain).any()
