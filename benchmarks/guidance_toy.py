@@ -13,8 +13,8 @@ Prints three tables (numbers are Monte Carlo estimates; the energy-distance nois
 3. pathwise differences with shared noise: DDPM-form vs DDIM-form (eta = 1) guidance, and x_t vs
    mean evaluation, vs steps.
 
-    python benchmarks/guidance_toy.py            # ~2-4 min on 2 busy CPU cores
-    python benchmarks/guidance_toy.py --n 600 --max-steps 250   # quick look
+    python benchmarks/guidance_toy.py            # n = 1000, up to 1000 steps: ~10 min on 2 busy cores
+    python benchmarks/guidance_toy.py --n 600 --max-steps 250   # quick look, ~3 min
 """
 
 import argparse

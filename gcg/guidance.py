@@ -94,11 +94,14 @@ def classifier_cond_fn(classifier, scale=1.0):
             _check_labels(y, x.shape[0], logits.shape[1], "classifier_cond_fn")
             log_probs = F.log_softmax(logits, dim=-1)
             selected = log_probs.gather(1, y.long().view(-1, 1).to(log_probs.device)).sum()
-            (grad,) = torch.autograd.grad(selected, x_in)
+            grad = torch.autograd.grad(selected, x_in, allow_unused=True)[0] if selected.requires_grad else None
+        if grad is None:
+            raise ValueError(
+                "the classifier's logits do not depend differentiably on x (did it detach x, call "
+                ".numpy() or run under torch.no_grad()?); guidance needs grad_x of the logits"
+            )
         return grad.detach() * scale
 
-    cond_fn.scale = scale
-    cond_fn.classifier = classifier
     return cond_fn
 
 

@@ -109,6 +109,10 @@ def test_cond_fn_errors_are_clear():
         cond_fn(x, t, y=torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match=r"logits of shape \[N, num_classes\]"):
         classifier_cond_fn(lambda x, t: x.sum())(x, t, y=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="do not depend differentiably on x"):
+        classifier_cond_fn(lambda x, t: clf(x.detach(), t))(x, t, y=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="do not depend differentiably on x"):
+        classifier_cond_fn(lambda x, t: torch.zeros(len(x), 3))(x, t, y=torch.tensor([0, 1]))
     with pytest.raises(TypeError, match="callable"):
         classifier_cond_fn("not a model")
     with pytest.raises(ValueError, match="finite"):
