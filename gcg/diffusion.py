@@ -304,12 +304,17 @@ class GaussianDiffusion:
         """Classifier guidance on the mean: mu + Sigma * grad log p(y | x), Dhariwal & Nichol 2021
         Algorithm 1 (``cond_fn`` returns s * grad_x log p_phi(y | x, t)).
 
-        ``cond_at="x_t"`` evaluates the gradient at x_t (the reference code); ``"mean"`` at mu,
-        as in the paper's Taylor-expansion derivation. ``cond_fn`` receives ORIGINAL timesteps.
-        Returns the new mean, shaped like x."""
+        ``cond_at="x_t"`` evaluates the gradient at x_t and noise level t (the reference code).
+        ``"mean"`` follows the derivation: log p(y | x_{t-1}) is expanded around mu, so the gradient
+        is taken at mu and at the noise level of x_{t-1}, i.e. the classifier sees timestep t - 1
+        (at the last step, where x_{t-1} is the clean sample, the lowest level, timestep 0).
+        ``cond_fn`` receives ORIGINAL timesteps. Returns the new mean, shaped like x."""
         _check_choice("cond_at", cond_at, COND_AT)
-        point = x if cond_at == "x_t" else p_mean_var["mean"].detach()
-        gradient = cond_fn(point, self.original_timesteps(t), **(model_kwargs or {}))
+        if cond_at == "x_t":
+            point, level = x, t
+        else:
+            point, level = p_mean_var["mean"].detach(), (t - 1).clamp(min=0)
+        gradient = cond_fn(point, self.original_timesteps(level), **(model_kwargs or {}))
         if gradient.shape != x.shape:
             raise ValueError(f"cond_fn returned shape {tuple(gradient.shape)}; it must match x {tuple(x.shape)}")
         return p_mean_var["mean"] + p_mean_var["variance"] * gradient.to(p_mean_var["mean"].dtype)

@@ -298,8 +298,9 @@ def test_condition_mean_against_hand_values(toy, cond_at, respacing):
     ac = toy["base"].alphas_cumprod[chain.timestep_map]  # alpha_bar of this chain's steps, by hand
     ab, ab_prev = ac[t], torch.where(t > 0, ac[(t - 1).clamp(min=0)], torch.ones(()))
     beta_tilde = (1 - ab / ab_prev) * (1 - ab_prev) / (1 - ab)
-    point = x if cond_at == "x_t" else out["mean"]
-    expected = out["mean"] + beta_tilde[:, None] * 3.0 * hand_classifier_grad(point, ab, y)
+    # the derivation's point: mu, at the noise level of x_{t-1} (the lowest level at the last step)
+    point, level = (x, ab) if cond_at == "x_t" else (out["mean"], ac[(t - 1).clamp(min=0)])
+    expected = out["mean"] + beta_tilde[:, None] * 3.0 * hand_classifier_grad(point, level, y)
     torch.testing.assert_close(new_mean, expected, rtol=1e-10, atol=1e-12)
     assert not torch.allclose(new_mean[1:], out["mean"][1:])  # the shift is not vacuous (beta_tilde_0 = 0)
 
@@ -456,13 +457,17 @@ def test_ddpm_and_ddim_form_guidance_agree_in_the_small_step_limit(convergence):
 
 
 def test_gradient_at_x_t_vs_at_mean(convergence):
-    """Evaluating grad log p(y | .) at mu instead of x_t (same classifier noise level) moves samples
-    by O(1/steps) (measured RMS 0.023 / 0.008 at 10 / 40 steps, vs the DDPM/DDIM-form gap 0.67 / 0.22):
-    where the gradient is taken matters far less than the step size."""
-    runs = convergence["runs"]
+    """The reference code takes grad log p(y | .) at x_t and noise level t; the derivation expands
+    log p(y | x_{t-1}) around mu, i.e. at mu and the noise level of x_{t-1} (cond_at="mean").
+    The two differ by O(1/steps), and at few steps the derivation's point is the better one:
+    it lands closer to the exact conditional p(x | y) (benchmarks/guidance_toy.py, 10 steps, n = 1000:
+    purity 0.52 -> 0.67 against the exact 0.815, energy distance 0.217 -> 0.074)."""
+    c = convergence
+    runs = c["runs"]
     gap = [((runs["x_t", s] - runs["mean", s]) ** 2).sum(1).mean().sqrt().item() for s in STEPS[:2]]
     assert gap[0] > 2 * gap[1] > 0, gap
-    assert gap[0] < 0.05 and gap[1] < 0.015, gap
+    assert c["distance"](runs["mean", 10]) < 0.7 * c["distance"](runs["x_t", 10])
+    assert c["purity"](runs["mean", 10]) > c["purity"](runs["x_t", 10]) + 0.05
 
 
 # --------------------------------------------------------------------------------------------------
