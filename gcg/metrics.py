@@ -93,21 +93,29 @@ def _psd_sqrt(sigma: torch.Tensor) -> torch.Tensor:
     return (evecs * evals.clamp_min(0).sqrt()) @ evecs.T
 
 
+def _psd_factor(sigma: torch.Tensor) -> torch.Tensor:
+    """Some F with F F^T = sigma: the Cholesky factor when sigma is numerically positive definite
+    (cheap), else the eigen-decomposition square root (exact for singular matrices)."""
+    chol, info = torch.linalg.cholesky_ex(0.5 * (sigma + sigma.T))
+    return chol if int(info) == 0 else _psd_sqrt(sigma)
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """Fréchet distance between N(mu1, S1) and N(mu2, S2) (Eq. (6) in Heusel et al. 2017).
 
         FD = |mu1 - mu2|^2 + Tr(S1) + Tr(S2) - 2 Tr (S1 S2)^{1/2}
 
     The trace term is computed without the non-symmetric (and, for singular covariances, ill-posed)
-    matrix square root of S1 S2: the eigenvalues of S1 S2 equal those of
-    S1^{1/2} S2 S1^{1/2} = (S1^{1/2} S2^{1/2})(S1^{1/2} S2^{1/2})^T, so
+    matrix square root of S1 S2. For any factors F1 F1^T = S1, F2 F2^T = S2, the non-zero
+    eigenvalues of S1 S2 = F1 (F1^T F2 F2^T) equal those of (F1^T F2 F2^T) F1 = K K^T with
+    K = F1^T F2 (AB and BA share their non-zero eigenvalues), so
 
-        Tr (S1 S2)^{1/2} = sum of singular values of S1^{1/2} S2^{1/2}   (a nuclear norm),
+        Tr (S1 S2)^{1/2} = sum of singular values of K = ||F1^T F2||_*   (a nuclear norm).
 
-    with each symmetric square root taken by ``eigh`` in float64 and negative round-off
-    eigenvalues clamped to zero. This is exact for singular covariances (fewer samples than
-    dimensions) and needs no ``eps * I`` offset; it agrees with ``scipy.linalg.sqrtm`` where that
-    is well defined.
+    Each factor is a Cholesky factor when the covariance is positive definite, otherwise its
+    symmetric square root by ``eigh`` with negative round-off eigenvalues clamped to zero; all in
+    float64. This needs no ``eps * I`` offset for singular covariances (fewer samples than
+    dimensions) and agrees with ``scipy.linalg.sqrtm`` where that is well defined.
 
     Args:
         mu1, mu2: [D] means. sigma1, sigma2: [D, D] covariances (numpy arrays or tensors).
@@ -129,7 +137,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
         if not torch.isfinite(t).all():
             raise ValueError(f"{name} contains NaN or inf.")
     diff = m1 - m2
-    trace_sqrt = torch.linalg.svdvals(_psd_sqrt(s1) @ _psd_sqrt(s2)).sum()
+    trace_sqrt = torch.linalg.svdvals(_psd_factor(s1).T @ _psd_factor(s2)).sum()
     fd = diff @ diff + torch.trace(s1) + torch.trace(s2) - 2.0 * trace_sqrt
     return float(fd)
 
