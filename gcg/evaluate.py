@@ -206,7 +206,10 @@ def _fd(ref, sample, key, mu_key, sigma_key):
     return metrics.frechet_distance(ref[mu_key], ref[sigma_key], *metrics.feature_statistics(sample[key]))
 
 
-def evaluate_activations(ref: dict, sample: dict[str, np.ndarray], k: int = 3, is_splits: int | None = None, with_kid: bool = False) -> dict:
+def evaluate_activations(
+    ref: dict, sample: dict[str, np.ndarray], k: int = 3, is_splits: int | None = None, with_kid: bool = False,
+    progress: bool = False,
+) -> dict:
     """All metrics from reference statistics/activations and sample activations.
 
     Args:
@@ -228,7 +231,7 @@ def evaluate_activations(ref: dict, sample: dict[str, np.ndarray], k: int = 3, i
         "recall": None,
     }
     if ref.get("pool") is not None:
-        pr = metrics.precision_recall(ref["pool"], sample["pool"], k=k)
+        pr = metrics.precision_recall(ref["pool"], sample["pool"], k=k, progress=progress)
         result["precision"], result["recall"] = pr.precision, pr.recall
         if with_kid:
             result["kid"] = metrics.kid(ref["pool"], sample["pool"]).mean
@@ -269,23 +272,18 @@ def _parser():
     return p
 
 
-def main(argv=None) -> dict | None:
-    args = _parser().parse_args(argv)
-    if args.samples is None and args.save_ref is None:
-        _parser().error("give SAMPLES to evaluate, or --save-ref OUT to only compute reference statistics")
+def _run(args) -> dict | None:
     progress = not args.no_progress
-    try:
-        extractor, name = build_extractor(args.features, args.inception_weights, args.device)
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
-
+    extractor, name = build_extractor(args.features, args.inception_weights, args.device)
     if _is_stats_file(args.ref):
         ref = load_reference(args.ref)
         if ref["feature_network"] not in (None, name):
-            sys.exit(
-                f"error: {args.ref} was computed with feature network {ref['feature_network']}, but you are "
+            raise ValueError(
+                f"{args.ref} was computed with feature network {ref['feature_network']}, but you are "
                 f"evaluating with {name}; recompute it with --save-ref and the same --features."
             )
+        if args.save_ref:
+            print(f"{args.ref} already holds statistics; nothing to save")
     else:
         ref_acts = compute_activations(extractor, args.ref, args.batch_size, args.device, progress)
         ref = reference_statistics(ref_acts)
@@ -294,14 +292,26 @@ def main(argv=None) -> dict | None:
             print(f"saved reference statistics of {len(ref_acts['pool'])} images to {args.save_ref}")
     if args.samples is None:
         return None
-
     sample_acts = compute_activations(extractor, args.samples, args.batch_size, args.device, progress)
-    result = evaluate_activations(ref, sample_acts, k=args.k, is_splits=args.is_splits, with_kid=args.kid)
+    result = evaluate_activations(ref, sample_acts, args.k, args.is_splits, args.kid, progress)
     result["feature_network"] = name
     print(format_results(result, name))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result
+
+
+def main(argv=None) -> dict | None:
+    """CLI entry point; returns the results dict (None with only --save-ref). Bad files or
+    arguments exit with a one-line error instead of a stack trace."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.samples is None and args.save_ref is None:
+        parser.error("give SAMPLES to evaluate, or --save-ref OUT to only compute reference statistics")
+    try:
+        return _run(args)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

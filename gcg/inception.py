@@ -223,7 +223,7 @@ class FIDInceptionV3(nn.Module):
 
     @torch.no_grad()
     def init_random_(self, seed: int = 0) -> "FIDInceptionV3":
-        """Random He-normal weights (Eq. (10) in He et al. 2015) that keep activations O(1), for
+        """Random He-normal weights (std sqrt(2 / fan_in), He et al. 2015) that keep activations O(1), for
         exercising the pipeline without the real weights file. The features are meaningless."""
         g = torch.Generator().manual_seed(seed)
         for m in self.modules():

@@ -4,7 +4,7 @@ Every metric here works on *features* (numpy arrays or tensors, one row per imag
 that produce them live in :mod:`gcg.inception` (the FID Inception-v3) and :mod:`gcg.features`
 (a small network gcg trains on an offline data set). :mod:`gcg.evaluate` wires both together.
 
-- Fréchet distance (Heusel et al. 2017, Eq. (6) / Dowson & Landau 1982): the squared
+- Fréchet distance (Heusel et al. 2017; the closed form is Dowson & Landau 1982): the squared
   2-Wasserstein distance between two Gaussians fitted to the features,
   ``FID = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2})``. On the Inception pool3 features it is
   FID; on the spatial ``mixed_6/conv`` features it is sFID (Nash et al. 2021).
@@ -101,7 +101,7 @@ def _psd_factor(sigma: torch.Tensor) -> torch.Tensor:
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """Fréchet distance between N(mu1, S1) and N(mu2, S2) (Eq. (6) in Heusel et al. 2017).
+    """Fréchet distance between N(mu1, S1) and N(mu2, S2) (Heusel et al. 2017; Dowson & Landau 1982).
 
         FD = |mu1 - mu2|^2 + Tr(S1) + Tr(S2) - 2 Tr (S1 S2)^{1/2}
 
