@@ -24,16 +24,9 @@ import torch
 
 from gcg.diffusion import GaussianDiffusion
 from gcg.guidance import class_purity, classifier_cond_fn, tilted_conditional_resample
-from gcg.metrics import precision_recall
+from gcg.metrics import energy_distance, precision_recall
 from gcg.schedules import get_named_beta_schedule
 from gcg.toy import GaussianMixture
-
-
-def energy_distance(a, b):
-    """Unbiased (U-statistic) squared energy distance 2E|X-Y| - E|X-X'| - E|Y-Y'| between [n, D], [m, D]."""
-    n, m = len(a), len(b)
-    return (2 * torch.cdist(a, b).mean() - torch.cdist(a, a).sum() / (n * (n - 1))
-            - torch.cdist(b, b).sum() / (m * (m - 1))).item()
 
 
 def per_class(fn, x, y, ref, ref_y, num_classes):

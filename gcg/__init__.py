@@ -26,6 +26,7 @@ _EXPORTS = {
     # chapter 04: guidance
     "classifier_cond_fn": "gcg.guidance",
     "ClassifierFreeGuidance": "gcg.guidance",
+    "label_dropout": "gcg.guidance",
     # chapter 05: networks and checkpoints
     "UNetModel": "gcg.nn.unet",
     "EncoderUNetModel": "gcg.nn.classifier",
@@ -36,11 +37,18 @@ _EXPORTS = {
     "load_openai_checkpoint": "gcg.convert",
     # chapter 06: cascades
     "Cascade": "gcg.cascade",
+    "CascadeStage": "gcg.cascade",
+    "super_res_kwargs": "gcg.cascade",
+    "cascade_bpd": "gcg.cascade",
     # chapter 07: metrics
     "frechet_distance": "gcg.metrics",
     "fid_from_features": "gcg.metrics",
     "inception_score": "gcg.metrics",
     "precision_recall": "gcg.metrics",
+    "kid": "gcg.metrics",
+    "energy_distance": "gcg.metrics",
+    "load_fid_inception": "gcg.inception",
+    "train_feature_net": "gcg.features",
     # chapter 08: data
     "make_dataset": "gcg.data",
     "make_loader": "gcg.data",

@@ -19,6 +19,7 @@ from gcg.guidance import (
     label_dropout,
     tilted_conditional_resample,
 )
+from gcg.metrics import energy_distance
 from gcg.schedules import get_named_beta_schedule
 from gcg.toy import GaussianMixture
 
@@ -379,13 +380,6 @@ def test_cfg_w0_equals_conditional_model_and_cfg_equals_score_guidance_at_1_plus
         guided = sample(chain, "ddim_sample_loop", toy["unconditional"], 48, y,
                         cond_fn=classifier_cond_fn(toy["classifier"], 1 + w), eta=1.0)
         torch.testing.assert_close(cfg, guided, rtol=1e-9, atol=1e-9)
-
-
-def energy_distance(a, b):
-    """Unbiased squared energy distance 2E|X-Y| - E|X-X'| - E|Y-Y'| of [n, D] and [m, D] (0 iff equal laws)."""
-    n, m = len(a), len(b)
-    return (2 * torch.cdist(a, b).mean() - torch.cdist(a, a).sum() / (n * (n - 1))
-            - torch.cdist(b, b).sum() / (m * (m - 1))).item()
 
 
 N_CONV, STEPS = 600, (10, 40, 160)

@@ -6,6 +6,7 @@ import scipy.linalg
 import torch
 
 from gcg.metrics import (
+    energy_distance,
     feature_statistics,
     fid_from_features,
     frechet_distance,
@@ -250,3 +251,21 @@ def test_kid_matches_direct_unbiased_mmd_and_detects_shift():
     shifted = kid(_cloud(500, 0.0, seed=11), _cloud(500, 1.0, seed=12), num_subsets=10, subset_size=200)
     assert abs(same.mean) < 3 * same.std + 1e-3
     assert shifted.mean > 10 * max(abs(same.mean), same.std)
+
+
+def test_energy_distance_between_1d_gaussians_matches_closed_form():
+    """X ~ N(0, 1), Y ~ N(mu, 1): X - Y ~ N(-mu, 2), E|N(m, s^2)| = s sqrt(2/pi) exp(-m^2 / 2s^2)
+    + m (1 - 2 Phi(-m / s)); E|X - X'| = E|Y - Y'| = 2 / sqrt(pi)."""
+    from math import erf, exp, pi, sqrt
+
+    mu, s = 1.5, sqrt(2.0)
+    phi = 0.5 * (1 + erf(-mu / s / sqrt(2)))
+    expected = 2 * (s * sqrt(2 / pi) * exp(-mu**2 / (2 * s**2)) + mu * (1 - 2 * phi)) - 4 / sqrt(pi)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 1, generator=g, dtype=torch.float64)
+    y = mu + torch.randn(4000, 1, generator=g, dtype=torch.float64)
+    assert energy_distance(x, y) == pytest.approx(expected, abs=0.03)
+    assert abs(energy_distance(x, torch.randn(4000, 1, generator=g, dtype=torch.float64))) < 0.01
+    assert energy_distance(x, y) == pytest.approx(energy_distance(y, x), rel=1e-12)
+    with pytest.raises(ValueError, match="dimensions differ"):
+        energy_distance(x, torch.zeros(5, 2))
