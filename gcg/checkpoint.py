@@ -108,7 +108,8 @@ def load_model(path, use_ema: bool = True, ema_rate: float | None = None, device
     """Rebuild `(model, diffusion)` from a checkpoint's stored configs alone; model in eval mode.
 
     use_ema: load the EMA weights (rate `ema_rate`, default the first stored rate) when the
-    checkpoint has any, else the raw weights. `diffusion` is None for a classifier checkpoint.
+    checkpoint has any, else the raw weights. `diffusion` is the GaussianDiffusion the network (or
+    noise-aware classifier) was trained with, or None when the checkpoint stores no diffusion config.
     """
     from gcg.nn.config import load_state_dict_checked
 

@@ -609,7 +609,8 @@ def train(config: TrainConfig, progress: bool = True, max_seconds: float | None 
     resume: None (fresh), True (``out_dir/checkpoint.pt``) or a checkpoint path. `dataset`: an
     already-built data set to use instead of ``gcg.data.make_dataset`` (notebooks).
     With `config.out_dir` set, rank 0 writes config.json, metrics.jsonl, checkpoints, sample grids
-    and loss_curve.png there; with None nothing is written.
+    and loss_curve.png there; with None nothing is written. The global torch / numpy / random
+    generators are re-seeded from `config.seed` (so a run is reproducible in a notebook too).
     Returns a `TrainResult`.
     """
     from gcg.data import make_loader
