@@ -152,7 +152,9 @@ class UNetModel(nn.Module):
                 if y.shape != (x.shape[0],):
                     raise ValueError(f"y must have shape [{x.shape[0]}], got {tuple(y.shape)}")
                 top = cfg.num_classes + int(cfg.class_null)
-                if y.numel() and (int(y.min()) < 0 or int(y.max()) >= top):
+                # value check on CPU only: on CUDA it would synchronise, and it breaks torch.compile graphs
+                check_values = y.device.type == "cpu" and not torch.compiler.is_compiling()
+                if check_values and y.numel() and (int(y.min()) < 0 or int(y.max()) >= top):
                     raise ValueError(f"labels y must lie in [0, {top}), got range [{int(y.min())}, {int(y.max())}]")
         if cfg.super_res != (low_res is not None):
             raise ValueError("super_res models need low_res [N, C, h, w]; other models take none"
