@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 
@@ -184,7 +185,7 @@ _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 def _parse_value(text: str, annotation, key: str):
     """Convert `text` to `annotation` (int, float, bool, str, X | None, tuple[X, ...])."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         if text.lower() in ("none", "null") and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
