@@ -735,6 +735,8 @@ axes[1].legend(fontsize=8)
 axes[2].errorbar(N_DIGITS, [100 * km for km, _ in digit_kid], yerr=[200 * ks for _, ks in digit_kid], fmt="s", color="C2")
 axes[2].axhline(0, color="k", lw=0.5)
 axes[2].set(xscale="log", xlabel="N per set", ylabel="KID x 100", title="KID (unbiased), same pairs")
+axes[2].minorticks_off()
+axes[2].set_xticks(N_DIGITS, [str(n) for n in N_DIGITS])
 plt.tight_layout()
 plt.show()
 
