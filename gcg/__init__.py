@@ -35,6 +35,7 @@ _EXPORTS = {
     "MODEL_PRESETS": "gcg.nn.config",
     "create_model": "gcg.nn.config",
     "load_openai_checkpoint": "gcg.convert",
+    "MLPConfig": "gcg.nn.mlp",
     # chapter 06: cascades
     "Cascade": "gcg.cascade",
     "CascadeStage": "gcg.cascade",
@@ -49,10 +50,12 @@ _EXPORTS = {
     "energy_distance": "gcg.metrics",
     "load_fid_inception": "gcg.inception",
     "train_feature_net": "gcg.features",
-    # chapter 08: data
+    # chapter 08: data, training, checkpoints
     "make_dataset": "gcg.data",
     "make_loader": "gcg.data",
     "DataError": "gcg.data",
+    "TrainConfig": "gcg.presets",
+    "load_model": "gcg.checkpoint",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

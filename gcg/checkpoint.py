@@ -90,11 +90,6 @@ def build_model(model_config: dict) -> torch.nn.Module:
 
     if not isinstance(model_config, dict):
         model_config = model_config.to_dict()
-    if model_config.get("kind") == "mlp":  # the vector-data denoiser of the toy preset
-        from gcg.train import MLPConfig, MLPDenoiser
-
-        fields = {k: v for k, v in model_config.items() if k != "kind"}
-        return MLPDenoiser(MLPConfig(**fields))
     return create_model(config_from_dict(dict(model_config)))
 
 

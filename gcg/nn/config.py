@@ -9,7 +9,6 @@ Dhariwal & Nichol 2021, Tables 1-3, is a field.
 import dataclasses
 from dataclasses import dataclass
 
-import torch
 
 # Default channel multipliers per image size, as in the reference code.
 DEFAULT_CHANNEL_MULT = {
@@ -168,9 +167,13 @@ def config_from_dict(d):
     """Rebuild a UNetConfig or ClassifierConfig from ``config.to_dict()`` (key "kind" picks which)."""
     d = dict(d)
     kind = d.pop("kind", "unet")
+    if kind == "mlp":  # the vector-data denoiser of the toy preset
+        from gcg.nn.mlp import MLPConfig
+
+        return MLPConfig(**d)
     cls = {"unet": UNetConfig, "classifier": ClassifierConfig}.get(kind)
     if cls is None:
-        raise ValueError(f"unknown model kind {kind!r}; expected 'unet' or 'classifier'")
+        raise ValueError(f"unknown model kind {kind!r}; expected 'unet', 'classifier' or 'mlp'")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
@@ -255,7 +258,11 @@ def create_model(config):
         from gcg.nn.classifier import EncoderUNetModel
 
         return EncoderUNetModel(config)
-    raise TypeError(f"create_model expects a UNetConfig, ClassifierConfig, dict or preset name, got {type(config)}")
+    from gcg.nn.mlp import MLPConfig, MLPDenoiser
+
+    if isinstance(config, MLPConfig):
+        return MLPDenoiser(config)
+    raise TypeError(f"create_model expects a UNetConfig, ClassifierConfig, MLPConfig, dict or preset name, got {type(config)}")
 
 
 def count_parameters(model):
