@@ -258,6 +258,10 @@ def validate(config: TrainConfig) -> None:
             raise ValueError(f"{name}={getattr(config, name)!r} is not one of {allowed}")
     if config.batch_size <= 0 or config.microbatch < 0:
         raise ValueError("batch_size must be > 0 and microbatch >= 0 (0 = no accumulation)")
+    if config.task == "super_res" and config.augment == "gaussian" and config.max_aug_level <= 0:
+        raise ValueError("task=super_res with augment=gaussian needs max_aug_level > 0 (a fraction of the "
+                         "low-resolution chain in (0, 1], or a number of timesteps); use augment=none "
+                         "to train without conditioning augmentation")
     if not 0.0 <= config.p_uncond < 1.0:
         raise ValueError(f"p_uncond={config.p_uncond} must be in [0, 1)")
     if not 0.0 < config.classifier_t_max <= 1.0:

@@ -165,6 +165,8 @@ def test_set_parsing_checks_types_and_lists_valid_keys():
         apply_overrides(config, ["compile=perhaps"])
     with pytest.raises(ValueError, match="precision='fp8' is not one of"):
         apply_overrides(config, ["precision=fp8"])
+    with pytest.raises(ValueError, match="max_aug_level > 0"):
+        apply_overrides(get_preset("photo32-sr8"), ["max_aug_level=0"])
     with pytest.raises(ValueError, match="unknown preset 'imagenet'; valid presets: imagenet64"):
         get_preset("imagenet")
 
