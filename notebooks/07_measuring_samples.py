@@ -76,8 +76,8 @@ BIAS_REPEATS = max(2, round(20 * GCG_SCALE))  # repeats per sample size in the F
 # Every metric in this chapter compares **features**, one vector per image, never pixels. The
 # published numbers use the pool features, spatial features and class probabilities of one
 # specific Inception-v3 network (section 9). That network cannot be downloaded here, and it
-# would be a poor judge of 8×8 digits anyway. So, as DESIGN.md promises, gcg trains its own
-# **domain feature network** on real data: a small convolutional classifier whose
+# would be a poor judge of 8×8 digits anyway. So gcg trains its own
+# **domain feature network** (`gcg.features`) on real data: a small convolutional classifier whose
 # global-average-pooled penultimate layer plays the role of Inception's `pool_3` (FD,
 # precision, recall), whose intermediate map plays `mixed_6/conv` (sFD), and whose softmax
 # plays the 1008-way Inception classifier (IS). Every number below is therefore "on domain
@@ -107,6 +107,9 @@ print({k: tuple(v.shape) for k, v in feats_ref.items()})
 
 # %%
 assert held_accuracy > 0.93, f"the domain feature network should recognise held-out digits, got {held_accuracy:.3f}"
+
+# %% tags=["nbval-ignore-output"]
+show(DomainFeatureNet.extract)
 
 # %% [markdown]
 # A held-out accuracy well above 90% says the features separate the ten digit classes: the
@@ -260,8 +263,8 @@ for name, (got, expected) in checks.items():
 # **Computing it stably.** The reference FID code calls `scipy.linalg.sqrtm(sigma1 @ sigma2)`, a
 # Schur-based square root of a *non-symmetric* matrix: round-off produces small imaginary parts
 # (the code discards them, and raises if they exceed $10^{-3}$), it is slow for
-# $D = 2048$, and with fewer samples than dimensions the covariances are singular and the code
-# adds $\varepsilon I$ to make it finite. gcg avoids the non-symmetric matrix altogether: for
+# $D = 2048$, and when the result is not finite (singular covariances, e.g. fewer samples than
+# dimensions) the code retries with $\varepsilon I$ added to both covariances. gcg avoids the non-symmetric matrix altogether: for
 # *any* factors $F_1F_1^\top = \Sigma_1$, $F_2F_2^\top = \Sigma_2$, the non-zero eigenvalues of
 # $\Sigma_1\Sigma_2 = F_1(F_1^\top F_2F_2^\top)$ equal those of
 # $(F_1^\top F_2F_2^\top)F_1 = (F_1^\top F_2)(F_1^\top F_2)^\top$ ($AB$ and $BA$ share their non-zero
@@ -487,9 +490,9 @@ for k in (1, 3, 5):
 # $$ (ch07-kid)
 #
 # Its expectation is the population MMD² for every sample size $m$, so it is 0 on average for
-# two samples of one distribution (individual estimates can be negative). It compares all
-# moments the kernel sees, not only two, but it is noisier than FD; gcg averages it over random
-# subsets.
+# two samples of one distribution (individual estimates can be negative). With a cubic kernel it
+# compares moments up to third order, not only two, but it is noisier than FD; gcg averages it
+# over random subsets.
 
 # %% tags=["nbval-ignore-output"]
 show(metrics.kid)
@@ -834,7 +837,7 @@ assert cli["precision"] > 0.8 and cli["recall"] > 0.8 and cli["fid"] < fd_low, c
 # | sFID | spatial features | spatial layout too | same as FID, larger $D$ so larger bias |
 # | precision | $k$-NN manifold of real data | samples that look real | dropped modes; memorisation |
 # | recall | $k$-NN manifold of samples | coverage of the real data | inflated by scattered outliers (large balls) |
-# | KID | polynomial-kernel MMD | all moments the kernel sees, unbiased in $N$ | noisier than FD; network-specific |
+# | KID | polynomial-kernel MMD | moments up to third order, unbiased in $N$ | noisier than FD; network-specific |
 #
 # None of them detects copies of the training set. Guidance moves samples along the
 # fidelity–diversity axis; which scale is "best" depends on which metric you read, and the
