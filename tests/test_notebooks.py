@@ -21,6 +21,11 @@ def _code_cells(nb):
     return [c for c in nb.cells if c.cell_type == "code"]
 
 
+def _without_fences(markdown):
+    """Markdown with fenced code blocks removed (a '# comment' inside one is not a heading)."""
+    return re.sub(r"(?ms)^(```|~~~).*?^\1[^\n]*$", "", markdown)
+
+
 def _tags(cell):
     return list(cell.get("metadata", {}).get("tags", []))
 
@@ -85,7 +90,7 @@ def test_first_code_cell_fixes_threads_seed_and_scale(chapter):
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), (
         f"{stem}: the first cell must be Markdown starting with the chapter's '# ' title"
     )
-    h1 = [c for c in nb.cells if c.cell_type == "markdown" and re.search(r"(?m)^# ", c.source)]
+    h1 = [c for c in nb.cells if c.cell_type == "markdown" and re.search(r"(?m)^# ", _without_fences(c.source))]
     assert len(h1) == 1, f"{stem}: exactly one '# ' heading (the title) per chapter, found {len(h1)}"
     first = _code_cells(nb)[0].source
     for needle in ("GCG_SCALE", "torch.set_num_threads(2)", "torch.manual_seed("):
