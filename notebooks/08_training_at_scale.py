@@ -364,12 +364,13 @@ ax.plot(micro_sizes, (state_bytes + micro_sizes * act_bytes) / 1e9, label="state
 ax.axhline(state_bytes / 1e9, color="C1", ls="--", label="weights + grads + Adam + EMA")
 for gb in (40, 80):
     ax.axhline(gb, color="0.6", lw=0.8)
-    ax.text(1, gb + 2, f"{gb} GB GPU", fontsize=8, color="0.4")
+    ax.text(micro_sizes[-1], gb - 3, f"{gb} GB GPU", fontsize=8, color="0.4", ha="right", va="top")
 ax.axvline(micro, color="C2", lw=0.8)
+ax.text(micro + 1, 5 + state_bytes / 1e9, f"imagenet64 microbatch={micro}", fontsize=8, color="C2")
 ax.set_xlabel("images per forward pass (micro-batch)")
 ax.set_ylabel("GB")
 ax.set_title("64x64_diffusion: training memory per GPU", fontsize=10)
-ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, 0.9))
+ax.legend(fontsize=8, loc="upper left")
 plt.tight_layout()
 plt.show()
 
