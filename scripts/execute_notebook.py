@@ -91,11 +91,11 @@ def check_cells(nb, name: str) -> None:
             raise SystemExit(f"error: {name}: code cell {i} is empty; delete it from the .py file")
 
 
-def execute_chapter(path: str | Path, from_ipynb: bool = False, timeout: int = 1200) -> float:
+def execute_chapter(path: str | Path, from_ipynb: bool = False, timeout: int = 3600) -> float:
     """Execute one chapter, write its .ipynb and .py; return the wall time in seconds."""
     import jupytext
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     py_path, ipynb_path = chapter_paths(path)
     nb = read_source(py_path, ipynb_path, from_ipynb)
@@ -119,6 +119,14 @@ def execute_chapter(path: str | Path, from_ipynb: bool = False, timeout: int = 1
     except CellExecutionError as err:
         print(f"FAILED {py_path.name}: a cell raised; nothing was written.\n{err}", file=sys.stderr)
         raise SystemExit(1) from None
+    except CellTimeoutError as err:
+        print(f"FAILED {py_path.name}: a cell ran longer than --timeout {timeout} s; nothing was written. "
+              f"On a busy machine raise --timeout.\n{err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except DeadKernelError:
+        print(f"FAILED {py_path.name}: the kernel died (out of memory, or killed); nothing was written.",
+              file=sys.stderr)
+        raise SystemExit(1) from None
     elapsed = time.perf_counter() - start
 
     nb = clean_notebook(nb, py_path.stem)
@@ -134,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--from-ipynb", action="store_true", help="take the cells from the .ipynb instead of the .py"
     )
-    parser.add_argument("--timeout", type=int, default=1200, help="per-cell timeout in seconds")
+    parser.add_argument("--timeout", type=int, default=3600, help="per-cell timeout in seconds")
     args = parser.parse_args(argv)
 
     paths = list(args.notebooks)
