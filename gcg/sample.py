@@ -206,18 +206,15 @@ def save_grid(images: torch.Tensor, path, nrow: int | None = None, labels=None) 
 
 
 def _save_scatter(points: torch.Tensor, path: Path, labels=None) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: leaves a notebook's inline backend alone
 
     p = points.detach().float().cpu().numpy()
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig = Figure(figsize=(4, 4))
+    ax = fig.subplots()
     ax.scatter(p[:, 0], p[:, 1], s=3, c=None if labels is None else np.asarray(labels), cmap="tab10")
     ax.set_aspect("equal")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

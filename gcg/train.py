@@ -502,13 +502,11 @@ class MetricWindow:
 
 def plot_loss_curve(history: list, path: Path) -> None:
     """loss (and vb / accuracy when present) against step, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: leaves a notebook's inline backend alone
 
     steps = [h["step"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot(steps, [h.get("loss", math.nan) for h in history], label="loss")
     if any("acc1" in h for h in history):
         ax2 = ax.twinx()
@@ -520,7 +518,6 @@ def plot_loss_curve(history: list, path: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def write_sample_grid(state: TrainState, dataset, path: Path) -> None:
