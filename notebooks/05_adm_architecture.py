@@ -339,6 +339,7 @@ print("shapes:", tuple(down(x, e).shape), tuple(up(x, e).shape))
 # %% tags=["nbval-ignore-output"]
 show(layers.QKVAttention)
 
+
 # %%
 def attention_by_definition(qkv, heads):
     """Eq. (ch05-attention) head by head, for qkv [N, 3C, T] in the [q | k | v] channel order."""
