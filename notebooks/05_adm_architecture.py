@@ -210,7 +210,7 @@ plt.show()
 # \end{aligned}
 # $$ (ch05-resblock)
 #
-# The paper writes AdaGN as $y_s\,\mathrm{GN}(h) + y_b$ (Sec. 3, after FiLM); the reference code
+# The paper writes AdaGN as $y_s\,\mathrm{GN}(h) + y_b$ (Sec. 3, after FiLM {cite:p}`perez2018film`); the reference code
 # and gcg parametrise the scale as $1 + y_s$, so a zero projection leaves $\mathrm{GN}(h)$ alone.
 # $\mathrm{GN}$ is GroupNorm with 32 groups, $\mathrm{Conv}_2$ starts at zero (every residual
 # block begins as the identity) and `skip` is the identity, or a 1×1 convolution when the channel
@@ -289,7 +289,7 @@ for channels in (32, 64, 128):
 # ## Up- and down-sampling: plain or BigGAN residual blocks
 #
 # Between resolutions the baseline uses a stride-2 3×3 convolution (down) and nearest-neighbour
-# doubling followed by a 3×3 convolution (up). The BigGAN alternative (Table 1: −1.20 FID) uses a
+# doubling followed by a 3×3 convolution (up). The BigGAN alternative {cite:p}`brock2019biggan` (Table 1: −1.20 FID) uses a
 # whole residual block instead, resampling both paths right after the first normalisation:
 #
 # $$

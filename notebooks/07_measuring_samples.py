@@ -22,7 +22,7 @@
 #   appears and how to compute it stably; on spatial features it is **sFID**
 #   {cite:p}`nash2021sfid`;
 # - **precision and recall** on $k$-NN manifolds {cite:p}`kynkaanniemi2019pr`, and the
-#   **Kernel Inception Distance** (KID, Bińkowski et al. 2018).
+#   **Kernel Inception Distance** (KID, {cite:p}`binkowski2018kid`).
 #
 # Then it runs the metrics on *controlled* sets of real handwritten digits whose defect we know
 # (dropped classes, noise, blur, truncation onto the modes), measures how the number of samples
@@ -246,7 +246,7 @@ for name, (got, expected) in checks.items():
 #
 # **Step 6: Gaussians attain it.** For $P = \mathcal N(\mu_1, \Sigma_1)$ and
 # $Q = \mathcal N(\mu_2, \Sigma_2)$, the jointly Gaussian coupling with the optimal $C$ exists, so
-# $W_2^2 = \mathrm{FD}$ (Dowson & Landau 1982). It is realised by the linear **optimal transport
+# $W_2^2 = \mathrm{FD}$ {cite:p}`dowson1982frechet`. It is realised by the linear **optimal transport
 # map** $T(x) = \mu_2 + A(x - \mu_1)$ with
 #
 # $$
@@ -255,7 +255,7 @@ for name, (got, expected) in checks.items():
 # $$ (ch07-ot-map)
 #
 # For non-Gaussian features, steps 1–4 still bound every coupling, so FD is a **lower bound** on
-# $W_2^2$ between the true feature distributions (Gelbrich 1990): FID only sees the first two
+# $W_2^2$ between the true feature distributions {cite:p}`gelbrich1990`: FID only sees the first two
 # moments. Special cases: in one dimension FD $= (\mu_1 - \mu_2)^2 + (\sigma_1 - \sigma_2)^2$;
 # for commuting (e.g. diagonal) covariances
 # FD $= \|\mu_1 - \mu_2\|^2 + \|\Sigma_1^{1/2} - \Sigma_2^{1/2}\|_F^2$.
@@ -481,7 +481,7 @@ for k in (1, 3, 5):
 # %% [markdown]
 # ## 6. KID: an unbiased alternative
 #
-# The Kernel Inception Distance (Bińkowski et al. 2018) is the squared maximum mean discrepancy
+# The Kernel Inception Distance {cite:p}`binkowski2018kid` is the squared maximum mean discrepancy
 # with the cubic polynomial kernel $k(x, y) = (x^\top y / D + 1)^3$, estimated **without bias**:
 #
 # $$
@@ -681,7 +681,7 @@ assert r["copies", 0]["precision"] == 1.0, msg
 # must be computed with a fixed, large $N$ (50,000 samples in the ADM papers) and why two FIDs
 # computed with different $N$ cannot be compared. For general features the same $1/N$ law holds
 # with a constant that depends on the covariance, $\mathrm{FD}_N \approx \mathrm{FD}_\infty + b/N$
-# (Chong & Forsyth 2020), which can be extrapolated to $N \to \infty$. KID is unbiased
+# {cite:p}`chong2020unbiased`, which can be extrapolated to $N \to \infty$. KID is unbiased
 # ({eq}`ch07-kid`): its mean stays at 0 for every $N$.
 #
 # **Experiment.** (a) Isotropic Gaussians in $D = 16$ against {eq}`ch07-fd-bias`. (b) Disjoint

@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("GCG_SCALE", "MPLBACKEND"):
         if os.environ.pop(var, None) is not None:
             print(f"note: ignoring {var} from the environment (stored outputs use the defaults)")
+    # Idle OpenMP threads sleep instead of spinning, as in CI (.ci/run): on a shared machine a
+    # spinning pool in one process slows every other process several-fold.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     status = 0
     for path in paths:
