@@ -164,7 +164,7 @@ print("fraction of steps where x_t keeps < 0.01 bits about the toy label: "
 assert dead["linear"] > 2 * dead["cosine"] and label_dead["linear"] > label_dead["cosine"]
 
 # %% [markdown]
-# For the 8×8 digits, about a quarter of the linear schedule's steps act on samples that hold
+# For the 8×8 digits, almost a third of the linear schedule's steps act on samples that hold
 # almost no information about the image: the network spends those steps denoising pure noise.
 # The cosine schedule spreads the destruction of information evenly over $t$. The effect is a
 # property of low resolution: a larger image has more pixels carrying the same content, so it
@@ -389,19 +389,29 @@ print("the choice of variance matters far more with 10 steps than with 1000")
 # %% [markdown]
 # ## 7. Experiment: the ablation, scaled down
 #
-# The paper's ablation trains the same network with (A) the linear schedule and
-# $L_\text{simple}$ with fixed variances, the DDPM baseline, and (B) the cosine schedule and
-# $L_\text{hybrid}$ with learned variances, and compares log-likelihood and sample quality, then
-# samples with fewer steps. Our analogue: the 8×8 digits, the ~1.15M-parameter
-# `digits8_small` UNet (unconditional), $T = 250$ for both (computing the bound costs one
-# network pass per step), the same number of training steps (scaled by `GCG_SCALE`), the same
-# seed. We measure
+# The paper's ablation (ImageNet 64×64, 200K iterations; numbers from its ablation tables)
+# trains the same network with the DDPM baseline, linear schedule + $L_\text{simple}$ with fixed
+# variances and $T = 1000$ (NLL 3.99 bits/dim, FID 32.5), and with the cosine schedule +
+# $L_\text{hybrid}$ with learned variances and $T = 4000$ (NLL 3.62, FID 28.0); it then samples
+# with fewer steps. Our analogue, sized for two CPU cores:
 #
-# - **NLL**: the bound in bits/dim from `calc_bpd_loop` on test digits quantised to 8 bits;
-# - **sample quality**: the Fréchet distance of a gcg-trained digit classifier's features
-#   between samples and test digits ("FD (domain)", not comparable to published FIDs), for
-#   ancestral sampling on chains respaced to 25 and 50 steps, and for model B also with its
-#   learned variance replaced by $\tilde\beta$.
+# - the 8×8 digits, the ~1.15M-parameter `digits8_small` UNet (unconditional);
+# - model **A**: linear + $L_\text{simple}$, $\sigma^2_t = \tilde\beta_t$; model **B**: cosine +
+#   $L_\text{hybrid}$, learned $\Sigma_\theta$ (uniform $t$: gcg's default sampler; importance
+#   sampling is for $L_\text{vlb}$ alone, exercise 5);
+# - $T = 250$ for both (the paper's $T = 4000$ for B is not reproduced: with equal $T$ the
+#   comparison isolates schedule and objective), 200 training steps of batch 64 (scaled by
+#   `GCG_SCALE`), the same seed, EMA 0.99;
+# - **NLL**: the whole bound from `calc_bpd_loop` over all 250 steps, on 32 test digits quantised
+#   to 8 bits (one network pass per step and digit: a small held-out batch keeps it cheap);
+# - **few steps**: the bound of the chains respaced to 25 steps {eq}`ch02-respace`, and the
+#   sample quality of ancestral sampling on chains respaced to 25 and 50 steps: the Fréchet
+#   distance of a gcg-trained digit classifier's features between 100 samples and the test
+#   digits ("FD (domain)", not comparable to published FIDs).
+#
+# To separate the two changes of B, we also evaluate **B's network with its variance output
+# discarded** and $\sigma^2_t$ fixed to $\tilde\beta_t$ ("B, fixed small") or $\beta_t$
+# ("B, fixed large"): same mean, different $\Sigma$.
 
 # %%
 import dataclasses
@@ -419,64 +429,103 @@ configs = {
                                                loss_type="rescaled_mse"),
 }
 runs = {name: train(cfg, progress=False) for name, cfg in configs.items()}
-print({name: run.step for name, run in runs.items()})
+run_a, run_b = runs["A: linear, L_simple"], runs["B: cosine, L_hybrid"]
+net_b = run_b.ema
+mean_b = lambda x, t, **kw: net_b(x, t, **kw)[:, :1]  # B's network without its variance channel
+variants = {  # name -> (model, diffusion over T_EXP steps)
+    "A, fixed small": (run_a.ema, run_a.diffusion),
+    "B, learned": (net_b, run_b.diffusion),
+    "B, fixed small": (mean_b, GaussianDiffusion(run_b.diffusion.original_betas, model_var_type="fixed_small")),
+    "B, fixed large": (mean_b, GaussianDiffusion(run_b.diffusion.original_betas, model_var_type="fixed_large")),
+}
+print({name: run.step for name, run in runs.items()}, "training steps;", run_b.diffusion)
+
+# %% tags=["nbval-ignore-output"]
+test_images, _ = load_digits_dataset("test").as_tensors()
+test_q = ((test_images + 1) * 127.5).round() / 127.5 - 1  # the nearest 8-bit level
+n_nll = int(32 * GCG_SCALE)
+nll = {}
+for name in ["A, fixed small", "B, learned", "B, fixed small"]:
+    model, d = variants[name]
+    out = d.calc_bpd_loop(model, test_q[:n_nll], generator=torch.Generator().manual_seed(4))
+    nll[name] = [float(out[k].mean()) for k in ["total_bpd", "prior_bpd"]] + [
+        float(out["vb"][:, 0].mean()), float(out["vb"][:, 1:].sum(1).mean())]
+for name in variants:
+    model, d = variants[name]
+    out = d.respace("25").calc_bpd_loop(model, test_q[:n_nll], generator=torch.Generator().manual_seed(4))
+    nll.setdefault(name, [float("nan")] * 4).append(float(out["total_bpd"].mean()))
+print(f"bits/dim on {n_nll} test digits; the first four columns are the bound of the full {T_EXP}-step chain")
+print(f"{'model':>15} | {'NLL bound':>9} | {'L_T':>5} | {'L_0':>6} | {'L_1..':>6} | {'bound, 25 steps':>15}")
+for name, (total, prior, l0, rest, short25) in nll.items():
+    print(f"{name:>15} | {total:>9.3f} | {prior:>5.3f} | {l0:>6.3f} | {rest:>6.3f} | {short25:>15.3f}")
+
+# %% tags=["nbval-ignore-output"]
+nll_a, nll_b, nll_b_small = (nll[k][0] for k in ["A, fixed small", "B, learned", "B, fixed small"])
+short = {k: v[4] for k, v in nll.items()}
+assert nll_b < nll_a, f"cosine + L_hybrid should have the better NLL bound: B {nll_b:.3f} vs A {nll_a:.3f}"
+assert nll_b < nll_b_small, f"the learned variance should tighten B's bound: {nll_b:.3f} vs {nll_b_small:.3f}"
+assert short["B, learned"] < min(short["A, fixed small"], short["B, fixed small"], short["B, fixed large"]), short
+print(f"NLL bound (250 steps): B {nll_b:.2f} < B with fixed small {nll_b_small:.2f} < A {nll_a:.2f} bits/dim")
+print("25-step chains: " + ", ".join(f"{k} {v:.2f}" for k, v in short.items()) + " bits/dim")
+
+# %% [markdown]
+# Now sample quality with short chains, for the model A and for B with learned and fixed
+# $\tilde\beta$ variance (same network, same starting noise).
 
 # %% tags=["nbval-ignore-output"]
 from gcg.features import train_feature_net
 from gcg.metrics import fid_from_features
 
-test_images, _ = load_digits_dataset("test").as_tensors()
-test_q = ((test_images + 1) * 127.5).round() / 127.5 - 1  # the nearest 8-bit level
-n_nll = int(32 * GCG_SCALE)
-nll = {}
-for name, run in runs.items():
-    out = run.diffusion.calc_bpd_loop(run.ema, test_q[:n_nll], generator=torch.Generator().manual_seed(4))
-    nll[name] = (float(out["total_bpd"].mean()), float(out["vb"][:, 0].mean()), float(out["vb"][:, 1:].sum(1).mean()))
-print(f"{'model':>22} | {'NLL bound':>9} | {'L_0':>6} | {'L_1..L_T-1':>10}  (bits/dim, {n_nll} test digits)")
-for name, (total, l0, rest) in nll.items():
-    print(f"{name:>22} | {total:>9.3f} | {l0:>6.3f} | {rest:>10.3f}")
-
-# %% tags=["nbval-ignore-output"]
 feature_net = train_feature_net(train_images, train_labels, epochs=10, seed=0)
 test_feats = feature_net.extract(test_images)["pool"]
 n_img = int(100 * GCG_SCALE)
-net_b = runs["B: cosine, L_hybrid"].ema
-b_fixed = GaussianDiffusion(runs["B: cosine, L_hybrid"].diffusion.original_betas, model_var_type="fixed_small")
-variants = {
-    "A, fixed small": (runs["A: linear, L_simple"].ema, runs["A: linear, L_simple"].diffusion),
-    "B, learned": (net_b, runs["B: cosine, L_hybrid"].diffusion),
-    "B, fixed small": (lambda x, t, **kw: net_b(x, t, **kw)[:, :1], b_fixed),  # drop the v channels
-}
-fd = {}
+fd, samples = {}, {}
 for S in [25, 50]:
-    for name, (model, d) in variants.items():
+    for name in ["A, fixed small", "B, learned", "B, fixed small"]:
+        model, d = variants[name]
         imgs = d.respace(str(S)).p_sample_loop(model, (n_img, 1, 8, 8), generator=torch.Generator().manual_seed(5),
                                                device=DEVICE).cpu()
+        samples[name, S] = imgs
         fd[name, S] = fid_from_features(test_feats, feature_net.extract(imgs)["pool"])
 print(f"FD (domain) against test digits, {n_img} samples, ancestral sampling on respaced chains")
-print(f"{'model':>16} | {'25 steps':>8} | {'50 steps':>8}")
-for name in variants:
-    print(f"{name:>16} | {fd[name, 25]:>8.2f} | {fd[name, 50]:>8.2f}")
+print(f"{'model':>15} | {'25 steps':>8} | {'50 steps':>8}")
+for name in ["A, fixed small", "B, learned", "B, fixed small"]:
+    print(f"{name:>15} | {fd[name, 25]:>8.2f} | {fd[name, 50]:>8.2f}")
+assert all(math.isfinite(v) and v > 0 for v in fd.values()), fd
 
 # %%
-nll_a, nll_b = nll["A: linear, L_simple"][0], nll["B: cosine, L_hybrid"][0]
-assert nll_b < nll_a, f"cosine + L_hybrid should give the better likelihood: {nll_b:.3f} vs {nll_a:.3f}"
-assert fd["B, learned", 25] < fd["B, fixed small", 25], fd
-print(f"NLL bound: B {nll_b:.2f} < A {nll_a:.2f} bits/dim; with 25 steps the learned variance beats fixed small")
+fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
+for ax, name in zip(axes, ["A, fixed small", "B, learned", "B, fixed small"]):
+    grid_img = samples[name, 25][:36].clamp(-1, 1).reshape(6, 6, 8, 8).permute(0, 2, 1, 3).reshape(48, 48)
+    ax.imshow(grid_img.numpy(), cmap="gray_r", vmin=-1, vmax=1)
+    ax.set(title=f"{name}, 25 steps", xticks=[], yticks=[])
+fig.tight_layout()
+plt.show()
 
 # %% [markdown]
-# **What reproduces.** The direction of the paper's two main effects holds at this scale:
-# cosine + $L_\text{hybrid}$ gives a clearly better likelihood bound than linear +
-# $L_\text{simple}$ (most of the gain is in the first terms of the bound, where the learned
-# $\Sigma$ replaces the poorly matched fixed $\tilde\beta$), and on a short 25-step chain the
-# learned variance gives better samples than the same network with $\tilde\beta$.
+# **What reproduces.** The paper's likelihood result holds at this scale (measured with
+# the stored seed 0; a prototype with the same settings gave the same numbers): cosine + $L_\text{hybrid}$ gives a clearly better
+# bound than linear + $L_\text{simple}$, and B's own network with $\tilde\beta$ in place of its
+# learned $\Sigma_\theta$ sits in between, so both changes contribute; the learned variance
+# lowers both the decoder term $L_0$ and the sum of the KL terms, where a fixed $\Sigma$ is
+# poorly matched at small $t$. On a chain respaced to 25 steps the gap becomes large: the learned variance
+# interpolates between the *respaced* $\beta$ and $\tilde\beta$, while a fixed $\tilde\beta$
+# makes every long step overconfident (the toy of section 6 showed the same). The assert above
+# checks these orderings. The margins differ: about 0.7 bits/dim between A and B, about 10
+# bits/dim on the 25-step chain against $\tilde\beta$, but only about 0.3 bits/dim against a
+# fixed $\beta$, the better fixed choice on short chains (as on the toy of section 6). We did
+# not get to check these orderings over further seeds; exercise 4 asks you to.
 #
-# **What does not, or not clearly.** Our absolute NLLs are far from the paper's: the digits have
-# only 17 grey levels, and a few hundred CPU training steps are nothing like the paper's
-# hundreds of thousands. We do not assert a sample-quality ranking between A and B: with this
-# little training, the difference in FD between the two is within what a change of seed moves
-# (exercise 4). The paper's $T = 4000$ for model B is not reproduced either: both models use
-# the same $T = 250$ here, so that the comparison isolates schedule and objective.
+# **What does not, or not clearly.** Sample quality does not reproduce the paper's ranking at this
+# scale and is not asserted. In the stored run B beats A in FD at 25 steps (5.6 against 8.5) but
+# barely at 50 (6.0 against 6.3), and B with the fixed $\tilde\beta$ is *as good as or better*
+# than B with its learned variance (4.9 against 5.6 at 25 steps), although its bound is far
+# worse: a likelihood bound and a sample metric reward different things (chapter 07). With 100
+# samples, one seed and 200 training steps we cannot tell these FD differences from sampling
+# noise, so we assert none of them. The paper's FID gain from learned variances with few
+# sampling steps comes after hundreds of thousands of training steps. Our absolute NLLs are
+# also far from the paper's: the digits have only 17 grey levels spread over 256 bins, and a
+# few hundred CPU steps are nothing like 200K.
 #
 # ```{admonition} Summary: equation → gcg
 # - {eq}`ch02-cosine` cosine schedule → `get_named_beta_schedule("cosine")`, `betas_for_alpha_bar`
@@ -495,7 +544,7 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
 #
 # 1. **Resolution.** Recompute the information curves of section 1 for the digits upsampled to
 #    32×32 (`load_digits_dataset("train", image_size=32)`). Does the linear schedule still waste
-#    a quarter of its steps? Relate the answer to the eigenvalues $\lambda_k$ in
+#    almost a third of its steps? Relate the answer to the eigenvalues $\lambda_k$ in
 #    {eq}`ch02-mutual-info`.
 # 2. **The $s$ offset.** Derive $\beta_1$ of the cosine schedule for $s = 0$ and for
 #    $s = 0.008$ with $T = 1000$. Why is a tiny $\beta_1$ a problem for the network, and for the
