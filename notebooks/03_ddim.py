@@ -23,7 +23,6 @@
 
 # %%
 import inspect
-import math
 import os
 import random
 import time
@@ -102,8 +101,10 @@ gen = torch.Generator().manual_seed(1)
 #
 # **Check.** (a) At $\eta = 1$ the mean of {eq}`ch03-q-sigma` has DDPM's posterior coefficients
 # (`posterior_mean_coef1`, `posterior_mean_coef2`) and variance (`posterior_variance`).
-# (b) Simulate $q_\sigma$ backwards from $x_T$ for several $\eta$ and compare the moments of
-# every $x_t$ with the DDPM marginal.
+# (b) Simulate $q_\sigma$ backwards from $x_T \sim q(x_T \mid x_0)$ for several $\eta$ and compare the
+# moments of every $x_t$ with the DDPM marginal. We draw the chain with gcg's own DDIM step
+# (section 2), fed an oracle "model" that knows $x_0$: its predicted $\hat x_0$ is then $x_0$
+# exactly, and the step is exactly a draw from {eq}`ch03-q-sigma`.
 
 # %% tags=["nbval-ignore-output"]
 ab = diffusion.alphas_cumprod
@@ -118,16 +119,25 @@ print(f"(a) eta = 1 vs DDPM posterior: max coefficient difference {err:.1e}")
 assert err < 1e-12
 
 x0_point = torch.tensor([[0.5, -0.3]], dtype=torch.float64).expand(20_000, 2)
+
+
+def x0_oracle(x, t):
+    """The 'model' that knows x_0: its eps is (x_t - sqrt(ab_t) x_0) / sqrt(1 - ab_t), so a DDIM
+    step with it is exactly a draw from q_sigma(x_{t-1} | x_t, x_0)."""
+    return (x - ab[t].sqrt()[:, None] * x0_point) / (1 - ab[t]).sqrt()[:, None]
+
+
 print(f"(b) {'eta':>4} | {'max |mean err|':>14} | {'max |var err|':>13}  (over t = 1..T)")
 for eta in [0.0, 0.5, 1.0]:
-    x = diffusion.q_sample(x0_point, torch.full((len(x0_point),), T - 1),
-                           noise=torch.randn(x0_point.shape, generator=gen, dtype=torch.float64))
+    x_T = diffusion.q_sample(x0_point, torch.full((len(x0_point),), T - 1),
+                             noise=torch.randn(x0_point.shape, generator=gen, dtype=torch.float64))
     mean_err = var_err = 0.0
-    for i in range(T - 1, 0, -1):  # chain index i = paper step t = i + 1; produce x at index i - 1
-        s2 = eta**2 * sigma2_eta1[i]
-        eps_dir = (x - ab[i].sqrt() * x0_point) / (1 - ab[i]).sqrt()
-        x = ab[i - 1].sqrt() * x0_point + (1 - ab[i - 1] - s2).sqrt() * eps_dir \
-            + s2.sqrt() * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    for out in diffusion.ddim_sample_loop_progressive(x0_oracle, x0_point.shape, noise=x_T, clip_denoised=False,
+                                                      eta=eta, generator=gen):
+        i = int(out["t"][0])  # the step from chain index i produced x at index i - 1 (paper: x_{t-1}, t = i + 1)
+        if i == 0:
+            break  # the last step returns x_0 itself
+        x = out["sample"]
         mean_err = max(mean_err, float((x.mean(0) - ab[i - 1].sqrt() * x0_point[0]).abs().max()))
         var_err = max(var_err, float((x.var(0) - (1 - ab[i - 1])).abs().max()))
     print(f"    {eta:>4} | {mean_err:>14.4f} | {var_err:>13.4f}")
@@ -318,26 +328,34 @@ print(f"{'':>10}" + "".join(f"{'S = ' + str(S):>22}" for S in STEPS))
 for eta in ETAS:
     print(f"{'eta = ' + str(eta):>10}" + "".join(f"{'%.4f / %.2f / %.2f' % toy_table[eta, S]:>22}" for S in STEPS))
 
-# %%
+# %% tags=["nbval-ignore-output"]
 assert toy_table[0.0, 10][0] < toy_table[1.0, 10][0], "DDIM (eta = 0) should beat eta = 1 at 10 steps"
 assert toy_table[1.0, 100][0] < toy_table[1.0, 10][0], "more steps should help the stochastic sampler"
-print("on the exact toy model, eta = 0 beats eta = 1 at 10 steps, and eta = 1 needs many more steps")
+assert toy_table[0.0, 100][0] > toy_table[1.0, 100][0], "with the exact model, eta = 1 should win at 100 steps"
+print(f"exact toy model, FD at S = 10: eta = 0 {toy_table[0.0, 10][0]:.4f} < eta = 1 {toy_table[1.0, 10][0]:.4f}; "
+      f"at S = 100 the order flips: eta = 0 {toy_table[0.0, 100][0]:.4f} > eta = 1 {toy_table[1.0, 100][0]:.4f}")
 
 # %% [markdown]
-# With the exact model the deterministic sampler wins only at the shortest chain. At 50–100
-# steps the stochastic samplers are *more* accurate here: the fresh noise of $\eta > 0$ partly
-# corrects the accumulated error of the ODE's Euler steps, and with a perfect $\epsilon^\star$
-# that error is all there is. In the paper's Table 1, $\eta = 0$ stays ahead at every $S$;
-# there a trained network's own errors dominate, and the next experiment is in that regime.
+# With the exact model, $\eta = 1$ is clearly the worst sampler at $S = 10$ (lower precision *and*
+# recall), as in the paper; $\eta = 0$ and $\eta = 0.5$ are close, with $\eta = 0.5$ marginally
+# ahead. At 50–100 steps the order **flips**: the stochastic samplers are *more* accurate here.
+# With a perfect $\epsilon^\star$ the only error left is the discretisation of the ODE, and its
+# Euler steps contract narrow modes: gcg's own tests find that 50 deterministic steps leave the
+# ring's components (true standard deviation 0.12) with a standard deviation of about 0.096. The fresh
+# noise of $\eta > 0$ re-spreads them. In the paper's Table 1, $\eta = 0$ stays ahead at every
+# $S$; there a trained network's own errors dominate, and the next experiment is in that regime.
 
 # %% [markdown]
 # ## 7. Experiment: quality against steps, a trained digit model
 #
 # Now the real setting: one DDPM trained once (as in chapter 01: linear schedule, $T = 1000$,
-# $L_\text{simple}$) and sampled with every $(S, \eta)$, $S \in \{10, 20, 50\}$ on the CPU (the
-# toy covered $S = 100$; `GCG_SCALE` $\ge 4$ adds it here). Samples are scored by the Fréchet
-# distance on the features of a classifier gcg trains on the real digits ("FD (domain)", not
-# comparable to published FIDs) against the held-out test digits.
+# $L_\text{simple}$) and sampled with every $(S, \eta)$, $S \in \{10, 20\}$ on the CPU, the
+# few-step regime where the paper's claim lives (the toy covered $S$ up to 100; `GCG_SCALE` $\ge 2$
+# adds $S = 50, 100$ here). Samples are scored by the Fréchet distance on the features of a
+# classifier gcg trains on the real digits ("FD (domain)", not comparable to published FIDs)
+# against the held-out test digits. We draw 300 samples per cell, all from the same initial noise
+# $x_T$: with 100 the FD's sampling noise was as large as the effect, and the order of $\eta = 0$
+# and $\eta = 1$ flipped on one of three training seeds.
 
 # %%
 import dataclasses
@@ -360,8 +378,8 @@ test_feats = feature_net.extract(test_images)["pool"]
 print(f"trained {run.step} steps")
 
 # %% tags=["nbval-ignore-output"]
-n_img = int(100 * GCG_SCALE)
-DIGIT_STEPS = [10, 20, 50] if GCG_SCALE < 4 else STEPS  # S = 100 on a faster machine
+n_img = int(300 * GCG_SCALE)
+DIGIT_STEPS = [10, 20] if GCG_SCALE < 2 else STEPS  # S = 50, 100 on a faster machine
 digit_table, grids = {}, {}
 start = time.perf_counter()
 for eta in ETAS:
@@ -377,10 +395,12 @@ print(f"{'':>10}" + "".join(f"{'S = ' + str(S):>10}" for S in DIGIT_STEPS))
 for eta in ETAS:
     print(f"{'eta = ' + str(eta):>10}" + "".join(f"{digit_table[eta, S]:>10.2f}" for S in DIGIT_STEPS))
 
-# %%
-assert digit_table[0.0, 10] < digit_table[1.0, 10], digit_table
-assert digit_table[0.0, 20] < digit_table[1.0, 20], digit_table
-print("trained digit model: eta = 0 beats eta = 1 at 10 and 20 steps, as in the paper's Table 1")
+# %% tags=["nbval-ignore-output"]
+for S in (10, 20):
+    assert digit_table[0.0, S] < digit_table[1.0, S], \
+        f"S = {S}: eta = 0 FD {digit_table[0.0, S]:.2f} should beat eta = 1 FD {digit_table[1.0, S]:.2f}"
+print("trained digit model, FD (domain): eta = 0 beats eta = 1 at few steps, as in the paper's Table 1: "
+      + "; ".join(f"S = {S}: {digit_table[0.0, S]:.2f} < {digit_table[1.0, S]:.2f}" for S in (10, 20)))
 
 # %%
 fig, axes = plt.subplots(len(ETAS), len(DIGIT_STEPS), figsize=(2 * len(DIGIT_STEPS), 6))
@@ -398,11 +418,19 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# With few steps the stochastic sampler ($\eta = 1$) leaves visible noise: each of its large
-# steps injects fresh noise of variance $\tilde\beta$ that the few remaining steps cannot remove,
-# while the deterministic sampler only makes a discretisation error along a smooth path. The
-# gap closes as $S$ grows, as in the paper's table. We reproduce the *direction* of Table 1;
-# the absolute numbers of an 8×8 model on domain features are not comparable to CIFAR-10 FIDs.
+# With few steps the stochastic sampler ($\eta = 1$) is the worst: each of its large steps
+# injects fresh noise of variance $\tilde\beta$ that the few remaining steps cannot remove,
+# while the deterministic sampler only makes a discretisation error along a smooth path. That
+# is the *direction* of Table 1, and it held for three training seeds while we prepared the
+# chapter (FD at $S = 10$ / $20$, $\eta = 0$ vs $\eta = 1$: 5.24 vs 5.44 / 5.24 vs 5.49, 5.29 vs 6.91 /
+# 5.27 vs 6.37, 5.63 vs 6.94 / 5.57 vs 6.69; the first seed is the one above, with the smallest gap).
+#
+# Two things do **not** reproduce at this scale. First, the paper's monotone order in $\eta$:
+# here $\eta = 0.5$ scored best in every one of those six comparisons, ahead of $\eta = 0$, and we
+# do not assert the order of $\eta = 0.5$. Our 300-step model is far from converged (real digits
+# score well below 1 on this FD), and a little fresh noise corrects part of a weak network's error,
+# much as it corrected the ODE's contraction on the toy. Second, the absolute numbers of an 8×8
+# model on domain features are not comparable to CIFAR-10 FIDs.
 #
 # ```{admonition} Summary: equation → gcg
 # - {eq}`ch03-q-sigma`, {eq}`ch03-sigma-eta` the non-Markovian process and $\eta$ → the `sigma` of `ddim_sample`
@@ -423,15 +451,13 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
 # 2. **The ODE.** Derive {eq}`ch03-euler` from {eq}`ch03-ddim-step`, and show that as the step
 #    size goes to zero it becomes the probability-flow ODE $dx/dt = f(t)x - \frac12 g(t)^2
 #    \nabla_x \log q_t(x)$ of the variance-preserving SDE.
-# 3. **Inversion of real digits.** Encode test digits with `ddim_reverse_sample_loop` on the
+# 3. **Narrow modes.** On the toy, measure the standard deviation of the samples around their
+#    nearest component mean for $\eta \in \{0, 1\}$ and $S \in \{10, 50, 1000\}$ (true value 0.12).
+#    Which sampler under-spreads, and how does that explain the flip of section 6 at 100 steps?
+# 4. **Inversion of real digits.** Encode test digits with `ddim_reverse_sample_loop` on the
 #    trained model and decode them back at $S = 10, 50, 200$. How does the reconstruction error
 #    compare with the toy's?
-# 4. **$\hat\sigma$.** The paper's last row, $\hat\sigma_t = \sqrt{\beta_t}$ (the larger DDPM
+# 5. **$\hat\sigma$.** The paper's last row, $\hat\sigma_t = \sqrt{\beta_t}$ (the larger DDPM
 #    variance), is much worse at few steps. Add it to section 7 with
 #    `GaussianDiffusion(..., model_var_type="fixed_large")` and `p_sample_loop` on the respaced
 #    chain, and explain the result.
-# 5. **Quadratic sub-sequences.** Song et al. also use $\tau_i \propto i^2$, which spends more
-#    steps near the data. Build such a chain: take $\bar\alpha$ at the quadratic $\tau_i$, form
-#    $\beta_i = 1 - \bar\alpha_{\tau_i} / \bar\alpha_{\tau_{i-1}}$, make a `GaussianDiffusion` from
-#    those betas, and wrap the network so that it receives the original $\tau_i$ (what `respace`
-#    does for an even stride). Compare the FD at $S = 10$ with the even stride.
