@@ -160,6 +160,7 @@ print("p(y | x_t+1)         =", p_y_next)
 print("E_N(mu,Sigma) p(y|x_t) =", p_y_integrated)
 assert torch.allclose(p_y_integrated, p_y_next, atol=1e-4), (p_y_integrated, p_y_next)
 
+
 # %% [markdown]
 # ### 1.2 Why a Gaussian survives: the curvature argument
 #
@@ -260,6 +261,7 @@ shifted = deltas - Sigma @ g
 rhs = -0.5 * torch.einsum("ni,ij,nj->n", shifted, P, shifted)
 print("lhs - rhs at 5 random deltas:", (lhs - rhs).numpy().round(10), " 0.5 g^T Sigma g =", round(float(0.5 * g @ Sigma @ g), 10))
 assert torch.allclose(lhs - rhs, 0.5 * g @ Sigma @ g * torch.ones(5, dtype=torch.float64), atol=1e-12)
+
 
 # %% [markdown]
 # **How good is the first-order step?** On the toy, the *exact* tilted density
@@ -552,6 +554,7 @@ for name in columns[:3]:
     assert err[250][name] < err[10][name] / 4, (name, err[10][name], err[250][name])
 assert err[10]["DDPM, g at mu"] < err[10]["DDPM, g at x_t"], err[10]
 
+
 # %% [markdown]
 # ### 2.2 What $s > 1$ does: sharper classes, less spread
 #
@@ -654,7 +657,7 @@ show(gcg_train._losses)
 train_set, test_set = load_digits_dataset("train"), load_digits_dataset("test")
 x_train, y_train = train_set.as_tensors()
 x_test, y_test = test_set.as_tensors()
-CLASSIFIER_STEPS = int(150 * GCG_SCALE)
+CLASSIFIER_STEPS = int(100 * GCG_SCALE)
 classifier_config = dataclasses.replace(get_preset("digits-classifier"), max_steps=CLASSIFIER_STEPS, seed=0)
 start = time.perf_counter()
 noisy_classifier = gcg_train.train(classifier_config, progress=False).model.eval()
@@ -688,7 +691,7 @@ plt.show()
 # %% [markdown]
 # Both classify clean digits almost perfectly. As the noise grows, the clean classifier, which
 # never saw a noisy input, falls behind: over the middle of the chain, where guidance does most of
-# its steering, the noise-aware classifier keeps a lead of 10–15 points, and its accuracy falls
+# its steering, the noise-aware classifier keeps a lead of about 10 points, and its accuracy falls
 # towards chance only as $x_t$ approaches pure noise, which is the correct behaviour
 # ($p(y \mid x_T) \approx p(y)$). On 8×8 digits the clean classifier does not collapse outright
 # (the cosine schedule keeps much of the signal until late, and a digit is legible through a lot of
@@ -709,8 +712,9 @@ assert acc[800][1] < 0.35 and acc[900][0] < 0.35, acc  # near pure noise both ap
 # $p_\text{uncond} = 0.2$ to the null class. It is *both* models of Table 4: called with the
 # null label it is the **unconditional** model $\epsilon(x_t)$, with a label the **conditional**
 # one $\epsilon(x_t, y)$ (Ho and Salimans' trick, which halves the training budget here), and the
-# pair is exactly what classifier-free guidance needs. Sampling: DDIM with 25 steps
-# (Algorithm 2), 20 samples per class, the same starting noise for every setting.
+# pair is exactly what classifier-free guidance needs. Training: 300 Adam steps of batch 64 (about
+# 13 passes over the data; a minute and a half on 2 cores), EMA rate 0.99. Sampling: DDIM with 20
+# steps (Algorithm 2), 16 samples per class, the same starting noise for every setting.
 #
 # **Metrics** on the features of a small network gcg trains on the real training digits
 # (`gcg.features`; an *independent* classifier, different architecture, clean data only, never
@@ -729,7 +733,7 @@ real_features = feature_net.extract(x_test)
 print(f"feature network: test accuracy {(real_features['logits'].argmax(1) == y_test).float().mean().item():.3f}")
 
 TRAIN_STEPS = int(300 * GCG_SCALE)
-diffusion_config = dataclasses.replace(get_preset("digits"), max_steps=TRAIN_STEPS, p_uncond=0.2,
+diffusion_config = dataclasses.replace(get_preset("digits"), max_steps=TRAIN_STEPS, batch_size=64, p_uncond=0.2,
                                        ema_rates=(0.99,), sample_every=0, seed=0)
 start = time.perf_counter()
 run = gcg_train.train(diffusion_config, progress=False)
@@ -742,6 +746,7 @@ def unconditional_model(x, t, y=None, **kwargs):
     """The same network with the null label: eps(x_t). The label y only reaches the classifier."""
     return model(x, t)
 
+
 # %% [markdown]
 # The sweep: classifier guidance on the unconditional model over $s \in \{0, 0.5, 1, 2, 5, 10\}$;
 # the conditional model unguided and guided at $s \in \{1, 10\}$ (the rows of Table 4); and
@@ -749,7 +754,7 @@ def unconditional_model(x, t, y=None, **kwargs):
 # $s = 1 + w \in \{2, 5, 10\}$ ({eq}`ch04-cfg`; $w = 0$ is the conditional model).
 
 # %% tags=["nbval-ignore-output"]
-N_SAMPLES = int(200 * GCG_SCALE)
+N_SAMPLES = int(160 * GCG_SCALE)
 sample_labels = torch.arange(N_SAMPLES) % 10
 settings = (
     [("unconditional", "classifier", s) for s in (0.0, 0.5, 1.0, 2.0, 5.0, 10.0)]
@@ -773,7 +778,7 @@ for kind, guidance, scale in settings:
     net = unconditional_model if kind == "unconditional" else model
     kwargs = dict(cfg_scale=scale) if guidance == "classifier-free" else dict(
         classifier=noisy_classifier if scale else None, classifier_scale=scale)
-    x, _ = sample(net, digits_diffusion, N_SAMPLES, class_labels=sample_labels, timestep_respacing="ddim25",
+    x, _ = sample(net, digits_diffusion, N_SAMPLES, class_labels=sample_labels, timestep_respacing="ddim20",
                   shape=(1, 8, 8), seed=0, device=DEVICE, progress=False, **kwargs)
     images[kind, guidance, scale] = x
     results[kind, guidance, scale] = evaluate(x)
@@ -827,21 +832,29 @@ plt.show()
 # Read the table against the paper's Table 4 and the curves against its Fig. 4:
 #
 # - **Classifier guidance turns an unconditional model into a conditional one.** Unguided, the
-#   null-label model ignores the requested label (accuracy near chance, 0.1); already at $s = 1$
-#   most samples show the requested digit, and the accuracy and IS of the guided unconditional
-#   model climb towards (and past) those of the conditional model as $s$ grows.
-# - **Fidelity against diversity.** Above $s \approx 1$, precision rises and recall falls: the
-#   samples crowd into the regions the classifier is surest about, exactly what the toy showed
-#   with the exact classifier (purity ↑, spread ↓).
+#   null-label model ignores the requested label (accuracy near or below chance, 0.1). The
+#   accuracy climbs steadily with $s$, and at $s = 10$ the accuracy and IS of the guided
+#   unconditional model reach those of the unguided conditional model (here exceed them): the paper's
+#   "guidance lifts the unconditional model to the conditional one" (Table 4: FID 26.21 → 12.00
+#   at $s = 10$, against 10.94 for the conditional model).
+# - **At small $s$ guidance can hurt.** With our weak noisy classifier, $s \le 2$ barely moves
+#   precision and worsens FD of the unconditional model, just as in Table 4, where $s = 1$ takes
+#   the unconditional model from FID 26.21 to 33.03: the paper's reason for using scales above 1.
+# - **Fidelity against diversity.** At large $s$ precision rises and recall falls, for both models:
+#   the samples crowd into the regions the classifier is surest about, exactly what the toy showed
+#   with the exact classifier (purity ↑, spread ↓). Table 4 shows the same for the conditional
+#   model: precision 0.69 → 0.88, recall 0.63 → 0.32 from unguided to $s = 10$.
 # - **Classifier-free guidance** moves along the same trade-off with no classifier at all, and at
-#   the same effective scale $s = 1 + w$ it is the stronger of the two here: its "classifier"
-#   $\epsilon(x_t, y) - \epsilon(x_t)$ comes from the diffusion model itself, trained on more
-#   steps of data than our small noisy classifier.
+#   the same effective scale $s = 1 + w$ it pushes harder here (higher precision, lower recall):
+#   its "classifier" $\epsilon(x_t, y) - \epsilon(x_t)$ comes from the diffusion model itself,
+#   trained on more data passes than our small noisy classifier.
 #
-# What this scale does *not* show reliably: the FD sweet spot at intermediate $s$ (with 200
+# What this scale does *not* show reliably: the FD sweet spot at intermediate $s$ (with 160
 # samples per setting and a weak unconditional model, FD differences between neighbouring scales
-# are within noise), so we report FD but assert nothing about it. The cell below asserts the claims
-# above with margins that held over three training seeds.
+# are within noise), so we report FD but assert nothing about it. Nor do we assert anything about
+# the exact ordering between neighbouring small scales. The cell below asserts the claims above
+# with margins several times the spread we saw between configurations while fitting the budget
+# (one training seed was checked at this exact size; treat the margins accordingly).
 
 # %%
 r = {key: value for key, value in results.items()}
@@ -849,17 +862,18 @@ u = {s: r["unconditional", "classifier", s] for s in (0.0, 0.5, 1.0, 2.0, 5.0, 1
 c = {s: r["conditional", "classifier", s] for s in (0.0, 1.0, 10.0)}
 f = {w: r["conditional", "classifier-free", w] for w in (0.0, 1.0, 4.0, 9.0)}
 table = {f"{k[0][:6]} {k[1][:10]} {k[2]:g}": {m: round(v, 3) for m, v in val.items()} for k, val in r.items()}
-# accuracy rises with s, and guidance lifts the unconditional model towards the conditional one
-assert u[0.0]["accuracy"] < 0.3 and u[1.0]["accuracy"] > u[0.0]["accuracy"] + 0.2, table
-assert u[10.0]["accuracy"] > u[1.0]["accuracy"], table
+# accuracy rises with s (unguided: near chance), and guidance lifts the unconditional model to the conditional one
+assert u[0.0]["accuracy"] < 0.3 and u[1.0]["accuracy"] > u[0.0]["accuracy"] + 0.15, table
+assert u[10.0]["accuracy"] > u[2.0]["accuracy"] > u[0.5]["accuracy"], table
 assert abs(u[10.0]["accuracy"] - c[0.0]["accuracy"]) < abs(u[0.0]["accuracy"] - c[0.0]["accuracy"]) / 2, table
 assert u[10.0]["IS"] > u[0.0]["IS"] and c[10.0]["IS"] > c[0.0]["IS"], table
-# precision rises with guidance and recall falls above s = 1
-assert max(u[s]["precision"] for s in (2.0, 5.0, 10.0)) > u[0.0]["precision"], table
-assert max(c[1.0]["precision"], c[10.0]["precision"]) > c[0.0]["precision"], table
-assert u[10.0]["recall"] < u[1.0]["recall"] and c[10.0]["recall"] < c[0.0]["recall"], table
+# precision rises with guidance and recall falls at large s
+assert u[10.0]["precision"] > max(u[0.0]["precision"], u[1.0]["precision"]) + 0.1, table
+assert c[10.0]["precision"] > c[0.0]["precision"] + 0.1, table
+assert u[10.0]["recall"] < u[1.0]["recall"] and c[10.0]["recall"] < c[0.0]["recall"] - 0.1, table
 # classifier-free guidance: the same trade-off
-assert max(f[w]["accuracy"] for w in (1.0, 4.0, 9.0)) > f[0.0]["accuracy"] and f[9.0]["recall"] < f[0.0]["recall"], table
+assert f[9.0]["accuracy"] > f[0.0]["accuracy"] and f[9.0]["precision"] > f[0.0]["precision"], table
+assert f[9.0]["recall"] < f[0.0]["recall"] - 0.2, table
 print("the claims of this section hold")
 
 # %% [markdown]
