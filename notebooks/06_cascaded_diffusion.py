@@ -495,7 +495,7 @@ x_train, y_train = photo_patches("train", int(256 * GCG_SCALE))
 x_test, y_test = photo_patches("test", int(32 * GCG_SCALE))
 print(f"train {tuple(x_train.shape)}, test {tuple(x_test.shape)}, classes {int(y_train.max()) + 1}")
 
-# %%
+# %% tags=["nbval-ignore-output"]
 t_start = time.perf_counter()
 base_config = dataclasses.replace(get_preset("photo8"), max_steps=int(200 * GCG_SCALE), batch_size=64,
                                   ema_rates=(0.99,), sample_every=0, device=DEVICE, seed=0)
