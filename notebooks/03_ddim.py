@@ -403,10 +403,12 @@ print("trained digit model, FD (domain): eta = 0 beats eta = 1 at few steps, as 
       + "; ".join(f"S = {S}: {digit_table[0.0, S]:.2f} < {digit_table[1.0, S]:.2f}" for S in (10, 20)))
 
 # %%
+from torchvision.utils import make_grid
+
 fig, axes = plt.subplots(len(ETAS), len(DIGIT_STEPS), figsize=(2 * len(DIGIT_STEPS), 6))
 for r, eta in enumerate(ETAS):
     for c, S in enumerate(DIGIT_STEPS):
-        grid = grids[eta, S].reshape(4, 4, 8, 8).permute(0, 2, 1, 3).reshape(32, 32)
+        grid = make_grid(grids[eta, S], nrow=4, padding=1, pad_value=0.0)[0]  # grey lines between digits
         axes[r, c].imshow(grid.numpy(), cmap="gray_r", vmin=-1, vmax=1)
         axes[r, c].set_xticks([])
         axes[r, c].set_yticks([])
