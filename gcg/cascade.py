@@ -346,11 +346,14 @@ def sample_stage(
     generator: Optional[torch.Generator] = None,
     device=None,
     progress: bool = False,
+    cond_at: str = "x_t",
 ) -> torch.Tensor:
     """Sample one stage: its reverse process from z_T down to z_0, or down to z_s (``stop_at=s``).
 
     Truncated sampling (CDM §3.2) keeps only the reverse steps T -> s of the chain, so the
     result is distributed as the model's marginal at level s, approximately q(z_s).
+    ``cond_at`` ("x_t" or "mean") is where a DDPM stage evaluates ``cond_fn``
+    (``GaussianDiffusion.condition_mean``); a DDIM stage always uses the score form.
 
     :return: [n, C, H, W].
     """
@@ -364,6 +367,8 @@ def sample_stage(
     )
     if stage.sampler == "ddim":
         loop_kwargs["eta"] = stage.eta
+    else:
+        loop_kwargs["cond_at"] = cond_at
     if stop_at is None:
         loop = diffusion.ddim_sample_loop if stage.sampler == "ddim" else diffusion.p_sample_loop
         return loop(stage.model, shape, **loop_kwargs)
@@ -433,11 +438,14 @@ class Cascade:
         device=None,
         progress: bool = False,
         return_stages: bool = False,
+        cond_at: str = "x_t",
     ):
         """Sample ``n`` images through every stage.
 
         :param y: class labels [n] (int64), given to each stage with ``class_cond=True``.
         :param cond_fn: classifier guidance for the base stage (``gcg.guidance.classifier_cond_fn``).
+        :param cond_at: where a DDPM base stage evaluates the guidance gradient, "x_t" (the
+            reference code) or "mean" (the derivation's expansion point); see ``condition_mean``.
         :param return_stages: also return each stage's output (z_s for a stage that hands over a
             truncated sample).
         :return: images [n, C, H, W] of the last stage, or (images, [stage outputs]).
@@ -461,7 +469,7 @@ class Cascade:
             stop_at = nxt.aug_level if nxt is not None and nxt.mode == "truncated" else None
             out = sample_stage(
                 stage, n, kwargs, stop_at=stop_at, cond_fn=cond_fn if i == 0 else None,
-                generator=generator, device=device, progress=progress,
+                generator=generator, device=device, progress=progress, cond_at=cond_at,
             )
             outputs.append(out)
             if nxt is not None:

@@ -438,3 +438,24 @@ def test_a_stage_loads_from_a_training_checkpoint(tmp_path):
     base = CascadeStage(_zeros_model, _diffusion(100, "cosine"), (1, 8, 8), steps="5")
     out = Cascade([base, stage]).sample(2, y=torch.tensor([0, 1]), generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 1, 16, 16) and torch.isfinite(out).all()
+
+
+def test_cascade_forwards_cond_at_to_a_ddpm_base_stage():
+    """Cascade.sample(cond_at=...) is where the base stage's guidance gradient is taken: the
+    result equals the diffusion's own guided p_sample_loop, and 'mean' differs from 'x_t'."""
+    toy = GaussianMixture(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]), std=0.3)
+    diffusion = _diffusion(50, "cosine")
+    eps_model = toy.eps_model(diffusion.alphas_cumprod)
+    cond_fn = classifier_cond_fn(toy.classifier(diffusion.alphas_cumprod), scale=4.0)
+    cascade = Cascade([CascadeStage(eps_model, diffusion, (2,), sampler="ddpm", clip_denoised=False)])
+    y = torch.tensor([0, 1, 0, 1])
+    results = {}
+    for cond_at in ("x_t", "mean"):
+        results[cond_at] = cascade.sample(4, y=y, cond_fn=cond_fn, cond_at=cond_at,
+                                          generator=torch.Generator().manual_seed(3))
+        generator = torch.Generator().manual_seed(3)  # one stream: z_T first, then the step noise
+        noise = torch.randn((4, 2), generator=generator)
+        direct = diffusion.p_sample_loop(eps_model, (4, 2), noise=noise, clip_denoised=False, cond_fn=cond_fn,
+                                         model_kwargs={"y": y}, cond_at=cond_at, generator=generator)
+        assert torch.allclose(results[cond_at], direct, atol=1e-6), cond_at
+    assert (results["x_t"] - results["mean"]).abs().max() > 1e-3
