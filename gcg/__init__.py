@@ -23,6 +23,10 @@ _EXPORTS = {
     "create_named_schedule_sampler": "gcg.resample",
     "Gaussian": "gcg.toy",
     "GaussianMixture": "gcg.toy",
+    # images: value ranges, box downsampling, sample grids (every chapter)
+    "downsample": "gcg.images",
+    "image_grid": "gcg.images",
+    "plot_image_grid": "gcg.images",
     # chapter 04: guidance
     "classifier_cond_fn": "gcg.guidance",
     "ClassifierFreeGuidance": "gcg.guidance",

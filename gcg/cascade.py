@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gcg.data import downsample  # area (box) downsampling, re-exported for the trainer
+from gcg.images import downsample  # area (box) downsampling
 from gcg.losses import normal_kl
 
 AUGMENTS = ("gaussian", "blur", "none")

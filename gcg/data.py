@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from gcg.images import downsample, to_unit_range  # noqa: F401  (downsample: re-exported)
+
 __all__ = [
     "DataError",
     "downsample",
@@ -89,34 +91,6 @@ def _item_rng(*ints: int) -> random.Random:
     """Python RNG for per-example draws (a flip, a crop position): far cheaper than a torch
     generator per example."""
     return random.Random(_mix_seed(*ints))
-
-
-def _to_unit_range(x: torch.Tensor) -> torch.Tensor:
-    """uint8 [..] in 0..255 -> float32 in [-1, 1] (x / 127.5 - 1, as in ADM)."""
-    return x.to(torch.float32) / 127.5 - 1.0
-
-
-def downsample(x: torch.Tensor, size) -> torch.Tensor:
-    """Box (area) average down to ``size``: x [N, C, H, W] or [C, H, W] -> [.., C, h, w].
-
-    Each output pixel is the mean of an (H/h) x (W/w) block, the low-resolution conditioning
-    input of a super-resolution stage (Ho et al. 2021, Sec. 3). H and W must be multiples of
-    h and w.
-    """
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    if x.dim() not in (3, 4):
-        raise ValueError(f"downsample expects [N, C, H, W] or [C, H, W], got shape {tuple(x.shape)}")
-    H, W = x.shape[-2:]
-    if h <= 0 or w <= 0 or H % h or W % w:
-        raise ValueError(
-            f"downsample needs the image size {H}x{W} to be a multiple of the target {h}x{w} "
-            "(box averaging over whole blocks); pick a target that divides the image size"
-        )
-    if not x.is_floating_point():
-        x = x.to(torch.float32)
-    batched = x if x.dim() == 4 else x[None]
-    out = F.avg_pool2d(batched, kernel_size=(H // h, W // w))
-    return out if x.dim() == 4 else out[0]
 
 
 def _fit_size(images: torch.Tensor, size: int, mode: str, fill: float) -> torch.Tensor:
@@ -207,12 +181,12 @@ class TensorImageDataset(_Augmented):
     def as_tensors(self):
         """All images as float [N, C, H, W] in [-1, 1] (no augmentation) and labels [N]."""
         x = self.images
-        return (_to_unit_range(x) if x.dtype == torch.uint8 else x.to(torch.float32)), self.labels
+        return (to_unit_range(x) if x.dtype == torch.uint8 else x.to(torch.float32)), self.labels
 
     def __getitem__(self, index: int):
         index = _check_index(index, len(self))
         x = self.images[index]
-        x = _to_unit_range(x) if x.dtype == torch.uint8 else x.to(torch.float32)
+        x = to_unit_range(x) if x.dtype == torch.uint8 else x.to(torch.float32)
         if self.random_flip:
             x = self._maybe_flip(x, self._item_rng(index))
         return x, self.labels[index]
@@ -378,7 +352,7 @@ class ImageNet64Npz(_Augmented):
         k = int(np.searchsorted(self._offsets, index, side="right")) - 1
         row = np.array(self._array(k)[index - self._offsets[k]])
         s = self.native_size
-        x = _to_unit_range(torch.from_numpy(row).view(3, s, s))
+        x = to_unit_range(torch.from_numpy(row).view(3, s, s))
         if self.image_size != s:
             x = downsample(x, self.image_size)
         x = self._maybe_flip(x, self._item_rng(index))
@@ -492,7 +466,7 @@ class ImageFolderDataset(_Augmented):
         except OSError as e:
             raise DataError(f"cannot read image {self.files[index]}: {e}") from None
         arr = random_crop_arr(im, self.image_size, g) if self.random_crop else center_crop_arr(im, self.image_size)
-        x = _to_unit_range(torch.from_numpy(np.array(arr)).permute(2, 0, 1))
+        x = to_unit_range(torch.from_numpy(np.array(arr)).permute(2, 0, 1))
         return self._maybe_flip(x, g), self.labels[index]
 
 
@@ -681,7 +655,7 @@ class PhotoPatches(_Augmented):
     def __getitem__(self, index: int):
         label, top, left, g = self._locate(index)
         patch = self.images[label][:, top:top + self.size, left:left + self.size]
-        x = self._maybe_flip(_to_unit_range(patch), g)
+        x = self._maybe_flip(to_unit_range(patch), g)
         label = torch.tensor(label, dtype=torch.int64)
         if self.low_res_size is None:
             return x, label

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from gcg.images import image_grid, to_uint8  # noqa: F401  (to_uint8: re-exported)
+
 
 def _model_config(model):
     cfg = getattr(model, "config", None) or getattr(model, "cfg", None)
@@ -156,12 +158,6 @@ def _classifier_classes(classifier) -> int:
 
 
 # ----------------------------------------------------------------------------- files
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C] (the ADM rounding: (x + 1) * 127.5)."""
-    x = ((images.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).numpy()
-
-
 def save_samples(images: torch.Tensor, labels, out_dir) -> Path:
     """Write ``samples_NxHxWxC.npz`` (arr_0 uint8 NHWC, arr_1 labels if any); vector data [N, D]
     is stored as float32 in ``samples_NxD.npz``. Returns the path."""
@@ -188,20 +184,9 @@ def save_grid(images: torch.Tensor, path, nrow: int | None = None, labels=None) 
         return _save_scatter(images, path, labels)
     from PIL import Image
 
-    arr = to_uint8(images)  # N, H, W, C
-    n, h, w, c = arr.shape
-    nrow = nrow or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / nrow)
-    pad = 1
-    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = arr[i]
-    scale = max(1, 256 // max(grid.shape[:2]))  # tiny images (8x8 digits) are upscaled to be visible
-    image = Image.fromarray(grid[..., 0] if c == 1 else grid)
-    if scale > 1:
-        image = image.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
-    image.save(path)
+    nrow = nrow or math.ceil(math.sqrt(len(images)))
+    grid = image_grid(images, nrow, tile=max(32, images.shape[-1]), pad_value=1.0)
+    Image.fromarray(grid).save(path)
     return path
 
 

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from gcg import dist
 from gcg.checkpoint import (build_model, checkpoint_path, list_checkpoints, load_checkpoint,
                             save_checkpoint)
+from gcg.images import downsample
 from gcg.presets import TrainConfig, apply_overrides, describe_presets, get_preset, validate
 
 
@@ -532,8 +533,6 @@ def write_sample_grid(state: TrainState, dataset, path: Path) -> None:
         labels = torch.arange(n, device=state.info.device) % state.model_config.num_classes
     low_res = None
     if cfg.task == "super_res":
-        from gcg.cascade import downsample
-
         reference = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(min(n, len(dataset)))])
         low_res = downsample(reference, cfg.low_res_size).to(state.info.device)
         labels = None if labels is None else torch.as_tensor(
