@@ -62,6 +62,8 @@ def clean_notebook(nb, stem: str):
     for i, cell in enumerate(nb.cells):
         tags = cell.get("metadata", {}).get("tags")
         cell.metadata = {"tags": list(tags)} if tags else {}
+        if tags and "hide-input" in tags:  # the book collapses it; so does JupyterLab
+            cell.metadata["jupyter"] = {"source_hidden": True}
         cell.id = f"{stem[:40]}-{i:03d}".replace("_", "-")
     nb, _ = CoalesceStreamsPreprocessor().preprocess(nb, {})
     return nb
@@ -135,6 +137,33 @@ def execute_chapter(path: str | Path, from_ipynb: bool = False, timeout: int = 3
     return elapsed
 
 
+def update_text_only(path: str | Path) -> None:
+    """Copy Markdown cells and tags from the .py into the stored .ipynb without executing.
+
+    For prose-only edits (errata, hints, a collapsed cell): every code cell of the .py must be
+    unchanged, so the stored outputs still belong to it. Anything else needs a real execution.
+    """
+    import jupytext
+
+    py_path, ipynb_path = chapter_paths(path)
+    src, stored = jupytext.read(py_path), jupytext.read(ipynb_path)
+    code_src = [c.source for c in src.cells if c.cell_type == "code"]
+    code_stored = [c.source for c in stored.cells if c.cell_type == "code"]
+    if code_src != code_stored:
+        changed = next(i for i, (a, b) in enumerate(zip(code_src + [None], code_stored + [None])) if a != b)
+        raise SystemExit(f"error: {py_path.name}: code cell {changed} differs from the stored notebook; "
+                         "--text-only is for Markdown and tags only, execute the chapter instead")
+    outputs = iter([(c.outputs, c.execution_count) for c in stored.cells if c.cell_type == "code"])
+    for cell in src.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = next(outputs)
+    src.metadata = stored.metadata
+    nb = clean_notebook(src, py_path.stem)
+    jupytext.write(nb, ipynb_path, fmt="ipynb")
+    jupytext.write(nb, py_path, fmt="py:percent")
+    print(f"{py_path.stem}: Markdown and tags updated, stored outputs kept")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="*", help="chapter files (.py or .ipynb) to execute")
@@ -143,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         "--from-ipynb", action="store_true", help="take the cells from the .ipynb instead of the .py"
     )
     parser.add_argument("--timeout", type=int, default=3600, help="per-cell timeout in seconds")
+    parser.add_argument(
+        "--text-only", action="store_true",
+        help="do not execute: copy Markdown cells and tags from the .py into the stored .ipynb "
+             "(every code cell must be unchanged)",
+    )
     args = parser.parse_args(argv)
 
     paths = list(args.notebooks)
@@ -158,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     # spinning pool in one process slows every other process several-fold.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+    if args.text_only:
+        for path in paths:
+            update_text_only(path)
+        return 0
     status = 0
     for path in paths:
         elapsed = execute_chapter(path, from_ipynb=args.from_ipynb, timeout=args.timeout)
