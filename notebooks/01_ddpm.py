@@ -1,6 +1,19 @@
 # %% [markdown]
 # # 01 · Denoising diffusion probabilistic models
 #
+# ```{admonition} Learning goals
+# After this chapter you can
+# - derive the closed-form forward marginal $q(x_t \mid x_0)$ and the forward posterior
+#   $q(x_{t-1} \mid x_t, x_0)$, and implement the forward sample yourself;
+# - derive the variational bound, its KL decomposition and $L_\text{simple}$ from the
+#   $\epsilon$-parameterisation;
+# - convert between the $x_0$, $\epsilon$, score and $v$ predictions of a network;
+# - predict what ancestral sampling does with the exact model and measure what a short chain costs.
+#
+# **Prerequisites:** Gaussians (sums of independent ones, completing the square), Bayes' rule,
+# the KL divergence, and PyTorch tensors.
+# ```
+#
 # **The question.** Can a fixed chain that slowly drowns data in Gaussian noise be run
 # backwards by a neural network, step by step, to turn pure noise into data?
 #
@@ -10,14 +23,9 @@
 # FID 3.17 and Inception score 9.46 on CIFAR-10, with a test log-likelihood bound of at most
 # 3.75 bits/dim (Table 1 of the paper).
 #
-# This chapter derives every piece of that recipe (the forward process and its closed form,
-# the forward posterior, the variational bound and its decomposition, the $\epsilon$
-# parameterisation, ancestral sampling) and checks each one numerically against the functions
-# of `gcg.diffusion` that implement it. Two data sets carry the checks:
-#
-# - a **labelled 2-D Gaussian mixture** (`gcg.toy`), for which the exact noise-predicting model
-#   is known in closed form: every sampler can be compared with ground truth;
-# - the **8×8 handwritten digits** shipped with scikit-learn, on which a small UNet is trained.
+# Every identity is checked against `gcg.diffusion`, on two data sets: a **labelled 2-D
+# Gaussian mixture** (`gcg.toy`), whose exact noise predictor is known in closed form, and the
+# **8×8 handwritten digits** shipped with scikit-learn, on which a small UNet is trained.
 
 # %%
 import inspect
@@ -58,6 +66,7 @@ diffusion = GaussianDiffusion(betas)  # epsilon prediction, fixed small variance
 toy = GaussianMixture.ring()  # 6 classes on a circle, D = 2
 print(diffusion)
 print(f"toy: {toy.num_classes} components in D = {toy.dim}")
+
 
 # %% [markdown]
 # ## 1. The forward process
@@ -101,6 +110,36 @@ print(f"toy: {toy.num_classes} components in D = {toy.dim}")
 # $\bar\alpha_T$.
 # ```
 
+# %% [markdown]
+# ### Write it yourself: the forward sample
+#
+# Implement `my_q_sample(x_start, t, noise, alphas_cumprod)`: `x_start` and `noise` are
+# `[N, ...]`, `t` is `[N]` (int64 chain indices, see the note), `alphas_cumprod` is `[T]`; return
+# $x_t$ of {eq}`ch01-marginal`, shaped like `x_start`. The next cell compares it with
+# `diffusion.q_sample` on random inputs.
+
+# %% tags=["write-it-yourself", "hide-input"]
+def my_q_sample(x_start, t, noise, alphas_cumprod):
+    """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, Eq. (ch01-marginal)."""
+    # --- solution ---
+    alpha_bar = alphas_cumprod[t].reshape(-1, *[1] * (x_start.dim() - 1)).to(x_start.dtype)
+    return alpha_bar.sqrt() * x_start + (1 - alpha_bar).sqrt() * noise
+    # --- end of solution ---
+
+
+# %%
+check_gen = torch.Generator().manual_seed(0)
+for shape in [(64, 2), (16, 1, 8, 8)]:
+    x_check = torch.randn(shape, generator=check_gen, dtype=torch.float64)
+    noise_check = torch.randn(shape, generator=check_gen, dtype=torch.float64)
+    t_check = torch.randint(0, T, (shape[0],), generator=check_gen)
+    torch.testing.assert_close(
+        my_q_sample(x_check, t_check, noise_check, diffusion.alphas_cumprod),
+        diffusion.q_sample(x_check, t_check, noise=noise_check),
+        msg="my_q_sample differs from diffusion.q_sample: sqrt(alpha_bar) multiplies x_0, "
+            "sqrt(1 - alpha_bar) the noise, and alphas_cumprod[t] is indexed by the chain index t")
+print("my_q_sample agrees with GaussianDiffusion.q_sample")
+
 # %% tags=["nbval-ignore-output"]
 show(GaussianDiffusion.q_sample)
 
@@ -135,10 +174,47 @@ worst = max(max(r[2:]) for r in rows)
 assert worst < 0.03, f"closed form q(x_t | x_0) disagrees with the simulated chain: {worst:.4f}"
 
 # %% [markdown]
-# The errors are at the Monte Carlo level: the standard error of a sample mean is $1/\sqrt{n}
-# = 0.005$ and that of a sample variance $\sqrt{2/n} \approx 0.007$ for unit variances, so the
-# assert allows about four standard errors on the largest of the entries compared.
+# The errors are at the Monte Carlo level (standard errors 0.005 for a mean and 0.007 for a
+# variance at this $n$).
 #
+# **Picture.** In one dimension the whole marginal $q(x_t)$ can be drawn. For a mixture it is
+# again a mixture, with components $\mathcal N(\sqrt{\bar\alpha_t}\,\mu_k, \bar\alpha_t s_k^2 + 1 -
+# \bar\alpha_t)$, evaluated exactly by `GaussianMixture.log_prob(x, alpha_bar)`: the modes shrink
+# towards 0 and blur into one Gaussian, while single paths of the chain wander through them.
+
+# %%
+toy_1d = GaussianMixture([[-1.2], [0.3], [1.4]], std=[0.15, 0.25, 0.1], weights=[0.3, 0.5, 0.2])
+x_grid = torch.linspace(-3, 3, 301, dtype=torch.float64)[:, None]
+t_grid = np.unique(np.geomspace(1, T, 120).astype(int)) - 1  # chain indices, denser at small t
+density = torch.stack([toy_1d.log_prob(x_grid, diffusion.alphas_cumprod[i]).exp() for i in t_grid], 1)  # [x, t]
+dx = float(x_grid[1] - x_grid[0])
+mass = density.sum(0) * dx
+std_normal = torch.exp(-0.5 * x_grid[:, 0] ** 2) / math.sqrt(2 * math.pi)
+print(f"1-D mixture: mass of q(x_t) on [-3, 3] between {float(mass.min()):.4f} and {float(mass.max()):.4f}; "
+      f"max |q(x_T) - N(0, 1)| = {float((density[:, -1] - std_normal).abs().max()):.1e}")
+assert float((density[:, -1] - std_normal).abs().max()) < 0.01
+path_gen = torch.Generator().manual_seed(4)
+paths = toy_1d.sample(6, generator=path_gen)[0].double()
+path_x = [paths]
+for i in range(T):
+    path_x.append((1 - betas[i]).sqrt() * path_x[-1] + betas[i].sqrt() * torch.randn(paths.shape, generator=path_gen, dtype=torch.float64))
+path_x = torch.cat(path_x, 1)  # [6, T + 1], column t = x_t
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [2, 1]})
+axes[0].pcolormesh(t_grid + 1, x_grid[:, 0].numpy(), density.sqrt().numpy(), shading="nearest", cmap="magma")
+for p in path_x:
+    axes[0].plot(np.arange(1, T + 1), p[1:].numpy(), lw=0.6, color="w", alpha=0.7)
+axes[0].set(xscale="log", xlabel="t (log scale)", ylabel="$x_t$", ylim=(-3, 3),
+            title=r"$q(x_t)$ of a 1-D mixture (colour: $\sqrt{\mathrm{density}}$), six forward paths")
+for i in [0, 49, 199, 499, T - 1]:
+    axes[1].plot(x_grid[:, 0], toy_1d.log_prob(x_grid, diffusion.alphas_cumprod[i]).exp(), label=f"t = {i + 1}")
+axes[1].plot(x_grid[:, 0], toy_1d.log_prob(x_grid).exp(), "k", lw=1, label="data")
+axes[1].plot(x_grid[:, 0], std_normal, "k--", lw=1, label="N(0, 1)")
+axes[1].set(xlabel="x", ylim=(0, 1.5), title="slices")
+axes[1].legend(fontsize=7)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
 # ### The schedule
 #
 # The linear schedule makes $\bar\alpha_T \approx 4 \times 10^{-5}$: $x_T$ keeps
@@ -153,14 +229,53 @@ mean_T, _, logvar_T = diffusion.q_mean_variance(x0, t_last)
 L_T_nats = normal_kl(mean_T, logvar_T, torch.zeros(()), torch.zeros(())).sum(1).mean()
 print(f"alpha_bar_T = {float(diffusion.alphas_cumprod[-1]):.2e}; L_T = {float(L_T_nats):.2e} nats per example")
 
-fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+# %% [markdown]
+# **Picture.** The schedule on images: a photo (scikit-learn's sample image, 64×64) and a digit,
+# noised with one noise draw at several $t$, above $\bar\alpha_t$ and the signal-to-noise ratio
+# $\mathrm{SNR}_t = \bar\alpha_t / (1 - \bar\alpha_t)$ (dots: the $t$ of the strip). The SNR falls
+# below 1 at $t = 260$, and by $t = 350$ neither image is recognisable: most of the chain is
+# spent at low SNR.
+
+# %%
+from sklearn.datasets import load_sample_image
+
+from gcg.data import load_digits_dataset
+from gcg.images import plot_image_grid, to_unit_range
+
+photo = torch.from_numpy(load_sample_image("china.jpg")[:, 100:527].copy()).permute(2, 0, 1)  # [3, 427, 427] uint8
+photo = torch.nn.functional.interpolate(to_unit_range(photo)[None], size=(64, 64), mode="area")
+digit = load_digits_dataset("train").as_tensors()[0][:1]
+strip_t = [0, 50, 100, 200, 350, 500, 1000]  # paper steps; 0 = the data
+
+
+def noised(x):
+    """x [1, C, H, W] and its x_t for every t of strip_t, one shared noise draw: [len(strip_t), C, H, W]."""
+    out = [x]
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    for t_ in strip_t[1:]:
+        out.append(diffusion.q_sample(x, torch.tensor([t_ - 1]), noise=noise).float())
+    return torch.cat(out)
+
+
+snr = diffusion.alphas_cumprod / (1 - diffusion.alphas_cumprod)
+print(f"SNR falls below 1 at t = {int((snr < 1).nonzero()[0]) + 1}")
+fig = plt.figure(figsize=(9, 5.4))
+gs = fig.add_gridspec(2, 2, height_ratios=[2.2, 1.3])
+strip_labels = [f"t = {t_}" for t_ in strip_t]
+digit_big = noised(digit).repeat_interleave(8, -1).repeat_interleave(8, -2).expand(-1, 3, -1, -1)  # 8x8 -> 64x64
+plot_image_grid(fig.add_subplot(gs[0, :]), torch.cat([noised(photo), digit_big]), nrow=len(strip_t),
+                col_labels=strip_labels, row_labels=["photo", "digit"])
 steps = np.arange(1, T + 1)
-axes[0].plot(steps, betas.numpy())
-axes[0].set(title=r"$\beta_t$ (linear)", xlabel="t")
-axes[1].plot(steps, diffusion.alphas_cumprod.numpy(), label=r"$\bar\alpha_t$")
-axes[1].plot(steps, diffusion.sqrt_alphas_cumprod.numpy(), label=r"$\sqrt{\bar\alpha_t}$ (signal scale)")
-axes[1].set(title="signal kept after t steps", xlabel="t")
-axes[1].legend()
+ax = fig.add_subplot(gs[1, 0])
+ax.plot(steps, diffusion.alphas_cumprod.numpy(), label=r"$\bar\alpha_t$")
+ax.plot(steps, diffusion.sqrt_alphas_cumprod.numpy(), label=r"$\sqrt{\bar\alpha_t}$ (signal scale)")
+ax.set(xlabel="t")
+ax.legend(fontsize=8)
+ax = fig.add_subplot(gs[1, 1])
+ax.semilogy(steps, snr.numpy())
+ax.axhline(1, color="gray", lw=0.8, ls=":")
+ax.plot(strip_t[1:], snr[[t_ - 1 for t_ in strip_t[1:]]].numpy(), "o", ms=4)
+ax.set(xlabel="t", title=r"SNR $= \bar\alpha_t / (1 - \bar\alpha_t)$")
 fig.tight_layout()
 plt.show()
 
@@ -206,11 +321,9 @@ plt.show()
 show(GaussianDiffusion.q_posterior_mean_variance)
 
 # %% [markdown]
-# **Check.** Fix a scalar $x_0$, draw $x_{t-1} \sim q(x_{t-1} \mid x_0)$ and then $x_t \sim
-# q(x_t \mid x_{t-1})$. Since $(x_{t-1}, x_t)$ is jointly Gaussian, the least-squares regression
-# of $x_{t-1}$ on $x_t$ recovers the conditional mean exactly: its slope must be the coefficient
-# of $x_t$ in $\tilde\mu_t$, its intercept the $x_0$ term, and its residual variance
-# $\tilde\beta_t$.
+# **Check.** Fix a scalar $x_0$ and draw $x_{t-1}$, then $x_t$. They are jointly Gaussian, so the
+# regression of $x_{t-1}$ on $x_t$ is the conditional mean: slope = the $x_t$ coefficient of
+# $\tilde\mu_t$, intercept = its $x_0$ term, residual variance = $\tilde\beta_t$.
 
 # %% tags=["nbval-ignore-output"]
 x0_scalar, m = 0.7, 400_000
@@ -280,10 +393,9 @@ for i in [1, 50, 500, 999]:  # chain index i = paper step t = i + 1
 # = \tfrac12\left(-1 + \log\frac{s_2^2}{s_1^2} + \frac{s_1^2}{s_2^2} + \frac{(\mu_1 - \mu_2)^2}{s_2^2}\right)
 # $$ (ch01-kl)
 #
-# per dimension: `gcg.losses.normal_kl`. `GaussianDiffusion.calc_bpd_loop` evaluates every term
-# of {eq}`ch01-elbo` with one $x_t$ draw each and reports it in bits per dimension (divide nats
-# by $D \ln 2$). For images, $L_0$ is a Gaussian integrated over each 8-bit pixel bin (chapter 02);
-# for the real-valued toy we pass `decoder="gaussian"`, a plain density.
+# per dimension: `gcg.losses.normal_kl`. `calc_bpd_loop` evaluates every term of
+# {eq}`ch01-elbo` with one $x_t$ draw each, in bits per dimension (nats over $D \ln 2$); the toy
+# uses `decoder="gaussian"`, a plain density (image decoders: chapter 02).
 
 # %% [markdown]
 # **Check 1: the KL closed form.** A Monte Carlo estimate of $\mathbb E_{q}[\log q - \log p]$
@@ -300,10 +412,9 @@ print(f"KL closed form {kl_cf:.4f}, Monte Carlo {kl_mc:.4f}")
 assert abs(kl_cf - kl_mc) < 5e-3
 
 # %% [markdown]
-# **Check 2: it is a bound.** For the toy we know $-\log q(x_0)$ exactly
-# (`toy.nll_bits_per_dim`). With the **exact** noise predictor of section 4 plugged into
-# {eq}`ch01-reverse`, the bound $L$ must lie above the data's true negative log-likelihood on
-# average (any model's cross-entropy is at least the data entropy, and $L$ is above the model's).
+# **Check 2: it is a bound.** With the exact noise predictor of section 4, $L$ must lie above the
+# data's true NLL (`toy.nll_bits_per_dim`) on average: $L$ bounds the model's cross-entropy,
+# which is at least the data entropy.
 
 # %% tags=["nbval-ignore-output"]
 nll_data, nll_y = toy.sample(2000, generator=gen, dtype=torch.float64)
@@ -336,10 +447,9 @@ assert float((bpd["total_bpd"] - true_bpd).mean()) > -3 * se
 # \mu_\theta(x_t, t) = \frac{1}{\sqrt{\alpha_t}}\left(x_t - \frac{\beta_t}{\sqrt{1 - \bar\alpha_t}}\, \epsilon_\theta(x_t, t)\right).
 # $$ (ch01-eps-mean)
 #
-# The network predicts the noise (Eq. (11) of the paper); gcg computes the same mean as
-# $\tilde\mu_t(x_t, \hat x_0)$ with $\hat x_0 = (x_t - \sqrt{1 - \bar\alpha_t}\,\epsilon_\theta)/\sqrt{\bar\alpha_t}$
-# (`_predict_xstart_from_eps`, then `q_posterior_mean_variance`, inside `p_mean_variance`),
-# which also allows clipping $\hat x_0$ to the data range. Substituting {eq}`ch01-eps-mean`:
+# The network predicts the noise (Eq. (11) of the paper); `p_mean_variance` computes the same
+# mean as $\tilde\mu_t(x_t, \hat x_0)$ with $\hat x_0$ from $\epsilon_\theta$ (box below), which
+# allows clipping $\hat x_0$ to the data range. Substituting {eq}`ch01-eps-mean`:
 #
 # $$
 # L_{t-1} - C = \mathbb E_{x_0, \epsilon}\left[\frac{\beta_t^2}{2\sigma_t^2\, \alpha_t (1 - \bar\alpha_t)}
@@ -354,8 +464,7 @@ assert float((bpd["total_bpd"] - true_bpd).mean()) > -3 * se
 #   \left\lVert \epsilon - \epsilon_\theta\big(\sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon,\ t\big)\right\rVert^2 .
 # $$ (ch01-lsimple)
 #
-# In gcg this is `training_losses` with `loss_type="mse"` (the `"mse"` entry, averaged over
-# dimensions).
+# In gcg: `training_losses` with `loss_type="mse"`.
 #
 # **Check.** For a deliberately imperfect model $\epsilon_\theta$, (a) `p_mean_variance`
 # returns {eq}`ch01-eps-mean` (with clipping off), and (b) the KL term `normal_kl` between the
@@ -394,18 +503,28 @@ assert torch.allclose(losses["loss"], ((noise - eps_hat) ** 2).mean(1))
 # ### The optimal noise predictor
 #
 # $L_\text{simple}$ is a regression of $\epsilon$ on $x_t$, so at each $t$ its minimiser is the
-# conditional mean $\epsilon^\star(x_t, t) = \mathbb E[\epsilon \mid x_t]$. Tweedie's formula
-# gives it through the score of the noisy marginal: since $x_t \mid x_0$ is Gaussian,
-# $\nabla_{x_t} \log q(x_t) = -\mathbb E[\epsilon \mid x_t] / \sqrt{1 - \bar\alpha_t}$, hence
+# conditional mean $\epsilon^\star(x_t, t) = \mathbb E[\epsilon \mid x_t]$. It is a multiple of the
+# score of the noisy marginal (Tweedie's formula). Differentiate $q(x_t) = \int q(x_t \mid x_0)\,
+# q(x_0)\, dx_0$ under the integral and divide by $q(x_t)$; Bayes' rule turns the weight into
+# the posterior:
+#
+# $$
+# \nabla_{x_t} \log q(x_t) = \int \nabla_{x_t} \log q(x_t \mid x_0)\,
+#   \frac{q(x_t \mid x_0)\, q(x_0)}{q(x_t)}\, dx_0
+# = \mathbb E\big[\nabla_{x_t} \log q(x_t \mid x_0) \,\big|\, x_t\big]
+# = -\frac{\mathbb E[\epsilon \mid x_t]}{\sqrt{1 - \bar\alpha_t}},
+# $$
+#
+# because {eq}`ch01-marginal` gives $\nabla_{x_t} \log q(x_t \mid x_0) = -(x_t - \sqrt{\bar\alpha_t}\,
+# x_0)/(1 - \bar\alpha_t) = -\epsilon / \sqrt{1 - \bar\alpha_t}$. Hence
 #
 # $$
 # \epsilon^\star(x_t, t) = -\sqrt{1 - \bar\alpha_t}\ \nabla_{x_t} \log q_t(x_t).
 # $$ (ch01-optimal-eps)
 #
-# For a Gaussian mixture $q_t$ is again a Gaussian mixture with known components, so
-# `toy.eps_model` returns $\epsilon^\star$ in closed form: the *exact* model a perfectly trained
-# network would converge to. **Check:** it has a lower $L_\text{simple}$ than any perturbation
-# of it (a minimiser in every direction we try).
+# For a Gaussian mixture $q_t$ is again a Gaussian mixture, so `toy.eps_model` returns
+# $\epsilon^\star$ in closed form: the *exact* model. **Check:** every perturbation of it has a
+# higher $L_\text{simple}$.
 
 # %% tags=["nbval-ignore-output"]
 big, _ = toy.sample(50_000, generator=gen, dtype=torch.float64)
@@ -422,6 +541,33 @@ for name, perturbed in [("0.95 * eps*", lambda x, t: 0.95 * exact_eps(x, t)),
     assert float(diff.mean()) > 3 * se
 
 # %% [markdown]
+# ```{admonition} One prediction, four parameterisations
+# Given $x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon$, a network may output
+# any one of these; the other three follow (`model_mean_type` of `GaussianDiffusion` picks it):
+# - **noise** $\hat\epsilon$ (DDPM, `"epsilon"`);
+# - **data** $\hat x_0 = (x_t - \sqrt{1 - \bar\alpha_t}\, \hat\epsilon) / \sqrt{\bar\alpha_t}$
+#   (`"start_x"`; `_predict_xstart_from_eps`, inverse `_predict_eps_from_xstart`);
+# - **score** $\hat s = -\hat\epsilon / \sqrt{1 - \bar\alpha_t}$ {eq}`ch01-optimal-eps`
+#   (`GaussianMixture.score`, `eps_model`; guidance in chapter 04 adds to it);
+# - **velocity** $\hat v = \sqrt{\bar\alpha_t}\, \hat\epsilon - \sqrt{1 - \bar\alpha_t}\, \hat x_0$,
+#   so $\hat x_0 = \sqrt{\bar\alpha_t}\, x_t - \sqrt{1 - \bar\alpha_t}\, \hat v$ {cite:p}`salimans2022progressive`
+#   (`"v"`; `get_v`, `_predict_v_from_eps`, `_predict_xstart_from_v`).
+# ```
+
+# %% tags=["hide-input"]
+t_conv = torch.randint(0, T, (512,), generator=torch.Generator().manual_seed(31))
+x_conv = diffusion.q_sample(xs, t_conv, noise=noise)
+ab_conv = diffusion.alphas_cumprod[t_conv][:, None]
+eps_conv = exact_eps(x_conv, t_conv)
+x0_conv = diffusion._predict_xstart_from_eps(x_conv, t_conv, eps_conv)
+v_conv = diffusion._predict_v_from_eps(x_conv, t_conv, eps_conv)
+torch.testing.assert_close(diffusion._predict_eps_from_xstart(x_conv, t_conv, x0_conv), eps_conv)
+torch.testing.assert_close(diffusion._predict_xstart_from_v(x_conv, t_conv, v_conv), x0_conv)
+torch.testing.assert_close(toy.score(x_conv, ab_conv[:, 0]), -eps_conv / (1 - ab_conv).sqrt())
+torch.testing.assert_close(diffusion.get_v(xs, noise, t_conv), ab_conv.sqrt() * noise - (1 - ab_conv).sqrt() * xs)
+print("x0, eps, score and v predictions convert into one another exactly (random t, exact model)")
+
+# %% [markdown]
 # ## 5. Ancestral sampling
 #
 # Sampling runs {eq}`ch01-reverse` from $x_T \sim \mathcal N(0, I)$ (Algorithm 2 of the paper):
@@ -430,9 +576,8 @@ for name, perturbed in [("0.95 * eps*", lambda x, t: 0.95 * exact_eps(x, t)),
 # x_{t-1} = \mu_\theta(x_t, t) + \sigma_t z, \qquad z \sim \mathcal N(0, I) \text{ for } t > 1,\ z = 0 \text{ for } t = 1 .
 # $$ (ch01-ancestral)
 #
-# In gcg: `p_sample` (one step) and `p_sample_loop` (the whole chain). With the exact model the
-# samples should be draws from the toy mixture itself; with class labels `y`, the
-# class-conditional exact model should put each sample in its own component.
+# In gcg: `p_sample` and `p_sample_loop`. With the exact model the samples should be draws from
+# the toy mixture; given labels `y`, each should land in its own component.
 
 # %% tags=["nbval-ignore-output"]
 show(GaussianDiffusion.p_sample)
@@ -483,13 +628,10 @@ plt.show()
 # %% [markdown]
 # ## 6. Experiment: a trained model against the exact one
 #
-# A network only approximates $\epsilon^\star$. We train gcg's small residual MLP on 10,000
-# draws of the toy with $L_\text{simple}$ (`gcg.train.train`, preset `"toy"`: $T = 100$ linear
-# steps, class-conditional) and compare it with the exact model **on the same chain**: its
-# held-out $L_\text{simple}$ (the exact model's is the floor no network can beat) and the
-# quality of its samples, measured by the mean true NLL of the samples and by improved precision
-# and recall {cite:p}`kynkaanniemi2019pr` (`gcg.metrics.precision_recall`, $k = 3$) against
-# held-out data.
+# A network only approximates $\epsilon^\star$. We train gcg's residual MLP (preset `"toy"`:
+# $T = 100$, class-conditional) on 10,000 toy draws and compare it with the exact model on the
+# same chain: held-out $L_\text{simple}$ (the exact model's is the floor) and its samples' mean
+# true NLL, precision and recall {cite:p}`kynkaanniemi2019pr` ($k = 3$, `precision_recall`).
 
 # %%
 import dataclasses
@@ -526,7 +668,7 @@ for name, r in results.items():
     print(f"{name:>12} | {float(r['loss'].mean()):>8.4f} | {r['nll']:>10.3f} | {r['precision']:>9.3f} | "
           f"{r['recall']:>6.3f} | {r['agree']:>15.3f}")
 
-# %%
+# %% tags=["hide-input"]
 gap = results["trained MLP"]["loss"] - results["exact eps*"]["loss"]
 se = float(gap.std()) / math.sqrt(len(gap))
 assert float(gap.mean()) > -3 * se, "a network beat the Bayes-optimal predictor: check the exact model"
@@ -535,19 +677,17 @@ assert results["exact eps*"]["precision"] > 0.9 and results["exact eps*"]["recal
 print("the exact model is the floor of L_simple, and the trained model's samples cover the data")
 
 # %% [markdown]
-# After a few hundred steps the trained network's loss is close to the exact model's floor and
-# its samples cover the data nearly as well: on this toy, DDPM's recipe works, and what remains
-# is approximation error in $\epsilon_\theta$. (Both samplers here use the preset's short
-# $T = 100$ chain; the next experiment shows what that costs.)
+# The trained network's loss is close to the exact floor and its samples cover the data nearly
+# as well; what remains is approximation error in $\epsilon_\theta$ (both use the preset's
+# $T = 100$ chain).
 #
 # ## 7. Experiment: how many steps does the chain need?
 #
-# {cite:t}`ho2020ddpm` use $T = 1000$. Why so many? Each reverse step is Gaussian, which is only
-# accurate when the forward step is small; with few large steps the true reverse conditional
-# $q(x_{t-1} \mid x_t)$ is far from Gaussian (for mixture data it is multimodal). With the exact
-# $\epsilon^\star$ we can isolate that effect from training error. For
-# $T \in \{25, 50, 100, 250, 1000\}$ (gcg's linear schedule scales both ends by $1000/T$, so the
-# total noise is the same), we measure the bound $L$ in bits/dim and the samples' mean true NLL.
+# Why $T = 1000$? A Gaussian reverse step is accurate only when the forward step is small; for
+# large steps the true $q(x_{t-1} \mid x_t)$ of mixture data is multimodal. The exact
+# $\epsilon^\star$ isolates that effect from training error. For $T \in \{25, \dots, 1000\}$
+# (gcg's linear schedule scales both ends by $1000/T$) we measure the bound $L$ and the samples'
+# mean true NLL.
 
 # %% tags=["nbval-ignore-output"]
 study = []
@@ -581,32 +721,25 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Even with the perfect noise predictor, a short chain pays. The bound tightens at every $T$
-# towards the true NLL, but at $T = 1000$ it is still well above it: each reverse step uses the
-# fixed variance $\tilde\beta_t$ rather than the true conditional's, and the gap shrinks only
-# with more steps or better variances (learned variances are the subject of chapter 02).
-# The samples improve less cleanly: recall rises with $T$, while the samples' mean NLL first
-# drops *below* the data's (the samples crowd the component centres) and returns towards it
-# only on the long chain. This is why DDPM uses $T = 1000$, and why its
-# sampling is slow: chapters 02 and 03 are about keeping the quality of a long chain with fewer
-# steps.
+# Even the perfect predictor pays for a short chain: the bound tightens at every $T$, yet at
+# $T = 1000$ it is still above the true NLL, because each step uses the fixed $\tilde\beta_t$
+# rather than the true conditional's variance (chapter 02 learns it). Recall rises with $T$,
+# while the samples' NLL first drops *below* the data's (they crowd the component centres). Hence
+# $T = 1000$, and slow sampling: chapters 02 and 03 keep the quality with fewer steps.
 #
 # ## 8. Real images: DDPM on the 8×8 digits
 #
-# Now the paper's recipe on real data, scaled down: the 1,437 training digits of
-# `gcg.data.load_digits_dataset` (8×8, pixels in $[-1, 1]$), an unconditional ~1.15M-parameter
-# UNet (`digits8_small`), the linear schedule with $T = 1000$, $L_\text{simple}$, AdamW with an
-# EMA of the weights, batches of 64, and ancestral sampling {eq}`ch01-ancestral`. Training runs a
-# fixed number of steps (scale it with `GCG_SCALE`).
+# The recipe on real data, scaled down: the 1,438 training digits of
+# `gcg.data.load_digits_dataset` (8×8, in $[-1, 1]$), an unconditional ~1.15M-parameter UNet
+# (`digits8_small`), linear schedule, $T = 1000$, $L_\text{simple}$, AdamW with an EMA, batch 64,
+# a fixed number of steps (`GCG_SCALE` scales it).
 #
 # ```{note}
-# **What the CPU budget changes.** On 2 CPU cores one reverse step of this UNet on 64 images
-# costs about 0.09 s (and barely less on fewer images), so the full 1000-step chain alone would
-# take a third of this chapter's time budget. At `GCG_SCALE=1` we therefore sample with a chain of 250 steps taken out of the
-# 1000 the model was trained on ("respacing": the same network, with the $\beta$'s recomputed
-# so that the kept steps reproduce the same $\bar\alpha$'s; chapter 02 explains it). It is still
-# ancestral sampling with $\sigma_t^2 = \tilde\beta_t$; at `GCG_SCALE=4` and above the sampler
-# uses all 1000 steps, as in the paper.
+# **What the CPU budget changes.** One reverse step of this UNet on 64 images costs about 0.09 s
+# on 2 CPU cores, so at `GCG_SCALE=1` we sample with 250 of the 1000 trained steps ("respacing":
+# the same network, the $\beta$'s recomputed so that the kept steps keep their $\bar\alpha$'s;
+# chapter 02). It is still ancestral sampling with $\sigma_t^2 = \tilde\beta_t$; `GCG_SCALE=4`
+# uses all 1000 steps.
 # ```
 
 # %%
@@ -628,13 +761,10 @@ history = digits_run.history
 print("loss every", digits_config.log_every, "steps:", [round(h["loss"], 3) for h in history])
 
 # %% [markdown]
-# We judge the samples with a small classifier that gcg trains on the real training digits
-# (`gcg.features.train_feature_net`): the Fréchet distance between its penultimate features of
-# samples and of held-out test digits ("FD on domain features", the FID recipe
-# {cite:p}`heusel2017fid` with a domain network; **not** comparable to published FIDs), and its
-# Inception-score analogue (`gcg.metrics.inception_score`, at most 10 here). Two references
-# frame the numbers: real training digits (the best one can do with this many images) and a
-# Gaussian fitted to the pixels (the right mean and covariance, no digit structure).
+# A small classifier trained on the real digits (`gcg.features.train_feature_net`) scores the
+# samples: the Fréchet distance of its features to the test digits' ("FD (domain)", the FID
+# recipe {cite:p}`heusel2017fid`, **not** comparable to published FIDs) and its Inception-score
+# analogue (at most 10). References: real training digits, and a Gaussian fitted to the pixels.
 
 # %% tags=["nbval-ignore-output"]
 from gcg.data import load_digits_dataset
@@ -646,8 +776,15 @@ test_images, _ = load_digits_dataset("test").as_tensors()
 feature_net = train_feature_net(train_images, train_labels, epochs=10, seed=0)
 n_img = int(128 * GCG_SCALE)
 start = time.perf_counter()
-digit_samples = sampler.p_sample_loop(digits_net, (n_img, 1, 8, 8), generator=torch.Generator().manual_seed(3),
-                                        device=DEVICE).cpu()
+snap_idx = sorted({round(f * (sample_steps - 1)) for f in (0.8, 0.6, 0.45, 0.3, 0.18, 0.08, 0.0)}, reverse=True)
+snapshots, x_current = {}, None  # chain index -> (x_t, predicted x_0) of the first 3 samples
+for out in sampler.p_sample_loop_progressive(digits_net, (n_img, 1, 8, 8), generator=torch.Generator().manual_seed(3),
+                                             device=DEVICE):
+    i = int(out["t"][0])
+    if i in snap_idx:
+        snapshots[i] = (x_current[:3].cpu(), out["pred_xstart"][:3].cpu())
+    x_current = out["sample"]  # x at chain index i - 1, the input of the next step
+digit_samples = x_current.cpu()
 sample_seconds = time.perf_counter() - start
 flat = train_images.flatten(1).double()
 gauss = torch.distributions.MultivariateNormal(flat.mean(0), torch.cov(flat.T) + 1e-4 * torch.eye(64, dtype=torch.float64))
@@ -658,34 +795,65 @@ for name, imgs in [("real train digits", train_images[:n_img]), (f"DDPM samples 
                    ("pixel Gaussian", gaussian_images)]:
     f = feature_net.extract(imgs)
     table[name] = (fid_from_features(test_feats, f["pool"]), inception_score(f["probs"], splits=1).mean)
-print(f"feature net train accuracy {feature_net.train_accuracy:.3f}; sampling {n_img} images took {sample_seconds:.0f} s")
+print(f"{len(train_images)} training and {len(test_images)} held-out test digits; "
+      f"feature net train accuracy {feature_net.train_accuracy:.3f}; sampling {n_img} images took {sample_seconds:.0f} s")
 print(f"{'images':>24} | {'FD (domain)':>11} | {'IS (domain)':>11}")
 for name, (fd, is_) in table.items():
     print(f"{name:>24} | {fd:>11.2f} | {is_:>11.2f}")
 
-# %%
+# %% tags=["hide-input"]
 ddpm_fd, ddpm_is = table[f"DDPM samples ({sample_steps} steps)"]
 assert ddpm_fd < table["pixel Gaussian"][0] and ddpm_is > table["pixel Gaussian"][1], table
 print("DDPM samples are closer to real digits than a Gaussian with the same pixel statistics")
 
 # %%
-from torchvision.utils import make_grid
-
-fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
-for ax, (title, imgs) in zip(axes, [("real digits", train_images[:64]), ("DDPM samples", digit_samples[:64])]):
-    grid = make_grid(imgs[:64], nrow=8, padding=1, pad_value=0.0)[0]  # grey lines between digits
-    ax.imshow(grid.numpy(), cmap="gray_r", vmin=-1, vmax=1)
-    ax.set_title(title)
-    ax.axis("off")
+fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
+for ax, (title, imgs) in zip(axes, [("real digits", train_images[:48]), ("DDPM samples", digit_samples[:48])]):
+    plot_image_grid(ax, imgs, nrow=8, tile=24, title=title)
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# After two minutes of CPU training many samples are recognisable digits and the rest are still
-# blobs on a grey background; the FD is well below the Gaussian baseline but far from the level of
-# real digits; training longer
-# (`GCG_SCALE`) is the first thing to try to narrow that gap (exercise 5). What we reproduced: the ingredients and their identities exactly,
-# and the recipe's qualitative behaviour. What we did not: CIFAR-10 numbers.
+# **One sample's reverse trajectory.** For three of those samples, the state $x_t$ entering a
+# step (rows $x_t$) and the network's prediction $\hat x_0(x_t)$ of
+# {eq}`ch01-eps-mean` at that step (rows $\hat x_0$), both read off
+# `p_sample_loop_progressive`, which yields every step's `sample` and `pred_xstart`.
+
+# %%
+cols = [f"t = {int(sampler.timestep_map[i]) + 1}" for i in snap_idx]
+rows, tiles = [], []
+for k in range(3):
+    for name, part in [("$x_t$", 0), (r"$\hat x_0$", 1)]:
+        rows.append(f"{name} #{k + 1}")
+        tiles += [snapshots[i][part][k] for i in snap_idx]
+fig, ax = plt.subplots(figsize=(7, 6.2))
+plot_image_grid(ax, torch.stack(tiles), nrow=len(snap_idx), row_labels=rows, col_labels=cols, tile=32)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# In the trajectories $\hat x_0$ commits to a coarse shape by $t \approx 450$, while $x_t$ is
+# still mostly noise; the later steps sharpen it. After two minutes of CPU training many samples
+# are recognisable digits and the rest are still
+# blobs; the FD is well below the Gaussian baseline but far from real digits (exercise 5 trains
+# longer). Reproduced: the ingredients and their identities exactly, and the recipe's
+# qualitative behaviour. Not reproduced: CIFAR-10 numbers.
+
+# %% tags=["nbval-ignore-output"]
+print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
+
+# %% [markdown]
+# ## Summary
+#
+# $$
+# L_\text{simple} = \mathbb E_{t, x_0, \epsilon} \big\lVert \epsilon - \epsilon_\theta(\sqrt{\bar\alpha_t}\, x_0
+#   + \sqrt{1 - \bar\alpha_t}\, \epsilon,\ t) \big\rVert^2, \qquad
+# \epsilon^\star(x_t, t) = -\sqrt{1 - \bar\alpha_t}\, \nabla_{x_t} \log q_t(x_t).
+# $$
+#
+# DDPM trains a network to recover the noise of a closed-form forward sample (a reweighted
+# variational bound, minimised by the scaled score) and samples by Gaussian reverse steps from
+# pure noise; chapters 02 and 03 shorten that chain.
 #
 # ```{admonition} Summary: equation → gcg
 # - {eq}`ch01-marginal` forward marginal → `q_sample`, `q_mean_variance`
@@ -696,25 +864,74 @@ plt.show()
 # - {eq}`ch01-optimal-eps` the optimal predictor → `gcg.toy.GaussianMixture.eps_model`
 # - {eq}`ch01-ancestral` ancestral sampling → `p_sample`, `p_sample_loop`
 # ```
-
-# %% tags=["nbval-ignore-output"]
-print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
-
-# %% [markdown]
+#
 # ## Exercises
 #
 # 1. **Posterior variance.** Show from {eq}`ch01-posterior` that $\tilde\beta_1 = 0$ and
 #    $\tilde\beta_t < \beta_t$ for $t > 1$. Plot `diffusion.posterior_variance / diffusion.betas`:
-#    why does the ratio approach 1 for large $t$? (Chapter 02 builds on this.)
+#    why does the ratio approach 1 for large $t$? (Instant.)
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    The empty product gives $\bar\alpha_0 = 1$ (`alphas_cumprod_prev[0]`); $\bar\alpha_t$ decreases in $t$.
+#    ```
+#
+#    ```{admonition} Solution
+#    :class: dropdown
+#    $\tilde\beta_1 = \frac{1 - \bar\alpha_0}{1 - \bar\alpha_1}\beta_1 = 0$ since $\bar\alpha_0 = 1$: given
+#    $x_0$, nothing is left to sample. For $t > 1$, $\bar\alpha_t = \alpha_t \bar\alpha_{t-1} <
+#    \bar\alpha_{t-1}$, so $1 - \bar\alpha_{t-1} < 1 - \bar\alpha_t$ and the ratio
+#    $\tilde\beta_t / \beta_t = (1 - \bar\alpha_{t-1})/(1 - \bar\alpha_t) < 1$. For large $t$ both
+#    $\bar\alpha$'s are near 0 and the ratio tends to 1: once $x_0$ is forgotten, the posterior
+#    variance is the forward step's own.
+#    ```
+#
 # 2. **The weight of $L_\text{simple}$.** Plot the weight
 #    $\beta_t^2 / (2\sigma_t^2 \alpha_t (1 - \bar\alpha_t))$ of {eq}`ch01-weighted` against $t$ for
 #    $\sigma_t^2 = \tilde\beta_t$. Which steps does $L_\text{simple}$ up-weight relative to the
-#    true bound? Ho et al. argue this helps sample quality; why?
+#    true bound? Ho et al. argue this helps sample quality; why? (Instant.)
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    Substitute $\tilde\beta_t$ from {eq}`ch01-posterior`: most factors cancel.
+#    ```
+#
+#    ```{admonition} Solution
+#    :class: dropdown
+#    With $\sigma_t^2 = \tilde\beta_t$ the weight is $\beta_t / (2\alpha_t (1 - \bar\alpha_{t-1}))$:
+#    about 0.6 at $t = 2$ (where $1 - \bar\alpha_1 = \beta_1$) and about $\beta_t / 2 \approx 0.01$
+#    for most of the chain. $L_\text{simple}$ weights every $t$ by 1, so relative to the bound it
+#    up-weights the noisy steps (large $t$), where the network must decide the content, and
+#    down-weights the nearly clean steps, which the bound values for imperceptible detail.
+#    ```
+#
 # 3. **Tweedie by Monte Carlo.** For one $x_t$ of the toy, estimate $\mathbb E[\epsilon \mid x_t]$
 #    by importance weighting many $x_0$ draws with $q(x_t \mid x_0)$, and compare with
-#    `toy.eps_model` {eq}`ch01-optimal-eps`.
+#    `toy.eps_model` {eq}`ch01-optimal-eps`. (Seconds.)
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    Weights $w_i \propto q(x_t \mid x_0^{(i)})$ (normalise the log weights with `torch.softmax`),
+#    then average $(x_t - \sqrt{\bar\alpha_t}\, x_0^{(i)})/\sqrt{1 - \bar\alpha_t}$: the proof of
+#    {eq}`ch01-optimal-eps`, computed.
+#    ```
+#
 # 4. **Fixed large variance.** Repeat section 7 with `GaussianDiffusion(..., model_var_type="fixed_large")`.
 #    Which choice of $\sigma_t^2$ gives the tighter bound at small $T$, and which gives better
-#    samples?
+#    samples? (About a minute on a 2-core CPU.)
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    `toy.eps_model(d_T)` does not depend on $\sigma_t$: only the line that builds `d_T` changes.
+#    Compare the terms of `bpd["vb"]` step by step.
+#    ```
+#
 # 5. **Train longer.** Re-run the chapter with `GCG_SCALE=4`. How do the digits' FD and IS move?
-#    Plot the training loss history of `digits_run.history`.
+#    Plot the training loss history of `digits_run.history`. (About 15 minutes on a 2-core CPU,
+#    most of it the 1000-step sampler; a GPU takes a minute or two.)
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    `GCG_SCALE=4 python scripts/execute_notebook.py notebooks/01_ddpm.py`; compare with the
+#    real-digit row.
+#    ```
