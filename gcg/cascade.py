@@ -134,6 +134,26 @@ def gaussian_augment(
     return a.sqrt() * low_res + (1.0 - a).sqrt() * noise
 
 
+def augmented_condition(
+    low_res: torch.Tensor,
+    aug_level: Union[torch.Tensor, int],
+    diffusion=None,
+    generator: Optional[torch.Generator] = None,
+    noise: Optional[torch.Tensor] = None,
+) -> dict:
+    """The non-truncated hand-over (CDM §3.2): z_s ~ q(z_s | z_0) and s, as SR model kwargs.
+
+    :param low_res: z_0 [N, C, h, w], e.g. the previous stage's finished samples.
+    :param aug_level: s, an int or a tensor [N] of original timesteps (``gaussian_augment``).
+    :param noise: eps [N, C, h, w]; passing the same eps for every s reuses one z_0 and one eps
+        across a search over s (common random numbers), so only the SR stage is re-run.
+    :return: {"low_res": z_s [N, C, h, w], "aug_level": float [N] on z_0's device}.
+    """
+    z_s = gaussian_augment(low_res, aug_level, diffusion, generator, noise)
+    s = torch.as_tensor(aug_level, dtype=torch.float32).reshape(-1).to(low_res.device)
+    return {"low_res": z_s, "aug_level": s.expand(low_res.shape[0]).clone()}
+
+
 def gaussian_blur_3x3(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Blur each image [N, C, h, w] with its own 3x3 Gaussian kernel of std ``sigma`` [N].
 
@@ -456,15 +476,11 @@ class Cascade:
             if y.shape != (n,):
                 raise ValueError(f"y must hold one label per sample, shape ({n},), got {tuple(y.shape)}")
         outputs: List[torch.Tensor] = []
-        low_res = None
+        handover = {}  # the previous stage's output as this stage's low_res (and aug_level) kwargs
         for i, stage in enumerate(self.stages):
-            kwargs = {}
+            kwargs = dict(handover)
             if y is not None and stage.class_cond:
                 kwargs["y"] = y
-            if i > 0:
-                kwargs["low_res"] = low_res
-                if stage.aug_level is not None:
-                    kwargs["aug_level"] = torch.full((n,), float(stage.aug_level), device=device)
             nxt = self.stages[i + 1] if i + 1 < len(self.stages) else None
             stop_at = nxt.aug_level if nxt is not None and nxt.mode == "truncated" else None
             out = sample_stage(
@@ -472,10 +488,14 @@ class Cascade:
                 generator=generator, device=device, progress=progress, cond_at=cond_at,
             )
             outputs.append(out)
-            if nxt is not None:
-                low_res = out
-                if nxt.aug_level is not None and nxt.mode == "non_truncated":
-                    low_res = gaussian_augment(out, nxt.aug_level, nxt.aug_diffusion or stage.diffusion, generator)
+            if nxt is None:
+                continue
+            if nxt.aug_level is not None and nxt.mode == "non_truncated":
+                handover = augmented_condition(out, nxt.aug_level, nxt.aug_diffusion or stage.diffusion, generator)
+            else:  # truncated (out is z_s already) or no augmentation level
+                handover = {"low_res": out}
+                if nxt.aug_level is not None:
+                    handover["aug_level"] = torch.full((n,), float(nxt.aug_level), device=device)
         return (outputs[-1], outputs) if return_stages else outputs[-1]
 
 

@@ -149,6 +149,21 @@ def _offline() -> dict[str, TrainConfig]:
             low_res_size=8, augment="gaussian", max_aug_level=0.2, noise_schedule="cosine",
             batch_size=64, lr=5e-4, max_steps=2000, ema_rates=(0.999,), sample_every=500,
             description="cascade stage 2 (CPU): 8->32 photo-patch super-resolution"),
+        "glyphs16": TrainConfig(
+            model="digits8_small", dataset="glyphs", image_size=16, noise_schedule="cosine",
+            batch_size=64, lr=2e-3, max_steps=2000, ema_rates=(0.995,), p_uncond=0.1,
+            sample_every=500, num_sample_images=100,
+            model_overrides=dict(channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(),
+                                 resblock_updown=False, dropout=0.0),
+            description="cascade stage 1 (CPU): 16x16 font-digit base model, class-conditional, CFG-ready"),
+        "glyphs32-sr16": TrainConfig(
+            task="super_res", model="sr32_small", dataset="glyphs", image_size=32, low_res_size=16,
+            augment="gaussian", max_aug_level=0.4, noise_schedule="cosine", model_mean_type="start_x",
+            batch_size=32, lr=1e-3, max_steps=1500, ema_rates=(0.995,), sample_every=500,
+            num_sample_images=100,
+            model_overrides=dict(channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(),
+                                 resblock_updown=False),
+            description="cascade stage 2 (CPU): 16->32 font-digit super-resolution, x0-prediction, Gaussian aug"),
         "toy": TrainConfig(
             model="toy_mlp", dataset="toy-gmm", image_size=None, diffusion_steps=100,
             batch_size=256, lr=2e-3, max_steps=2000, ema_rates=(0.99,), sample_every=0,

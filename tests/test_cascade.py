@@ -12,6 +12,7 @@ from gcg.cascade import (
     Cascade,
     CascadeStage,
     aug_alphas_cumprod,
+    augmented_condition,
     blur_augment,
     cascade_bpd,
     gaussian_augment,
@@ -74,6 +75,37 @@ def test_gaussian_augment_equals_q_sample_of_the_low_res_diffusion():
     torch.testing.assert_close(gaussian_augment(z0, s, diffusion, noise=noise), diffusion.q_sample(z0, s, noise))
     # a respaced diffusion still augments with its ORIGINAL chain
     torch.testing.assert_close(aug_alphas_cumprod(diffusion.respace("10")), diffusion.alphas_cumprod)
+
+
+def test_augmented_condition_is_the_non_truncated_hand_over_used_by_the_cascade():
+    diffusion = _diffusion(100)
+    z0 = _images(4, size=4)
+    noise = torch.randn_like(z0)
+    kw = augmented_condition(z0, 30, diffusion, noise=noise)
+    torch.testing.assert_close(kw["low_res"], diffusion.q_sample(z0, torch.full((4,), 30), noise))
+    assert kw["aug_level"].dtype == torch.float32 and torch.equal(kw["aug_level"], torch.full((4,), 30.0))
+    per_example = augmented_condition(z0, torch.tensor([0, 1, 2, 99]), diffusion, noise=noise)
+    assert torch.equal(per_example["aug_level"], torch.tensor([0.0, 1.0, 2.0, 99.0]))
+    # one stored z_0 and eps serve a whole search over s: only abar_s changes
+    low, high = (augmented_condition(z0, s, diffusion, noise=noise)["low_res"] for s in (5, 80))
+    assert (low - z0).abs().max() < (high - z0).abs().max()
+    # Cascade.sample hands over exactly this, drawn from the sampling generator
+    seen = {}
+
+    def sr_model(x, t, low_res, aug_level, **kw):
+        seen.update(low_res=low_res, aug_level=aug_level)
+        return torch.zeros_like(x)
+
+    base = CascadeStage(lambda x, t, **kw: torch.zeros_like(x), diffusion, (1, 4, 4), sampler="ddim", steps="ddim2",
+                        class_cond=False)
+    sr = CascadeStage(sr_model, diffusion, (1, 8, 8), sampler="ddim", steps="ddim2", aug_level=30, class_cond=False)
+    g = torch.Generator().manual_seed(0)
+    _, (z_base, _) = Cascade([base, sr]).sample(4, generator=g, return_stages=True)
+    replay = torch.Generator().manual_seed(0)
+    Cascade([base]).sample(4, generator=replay)  # consume the base stage's draws
+    expected = augmented_condition(z_base, 30, diffusion, generator=replay)
+    torch.testing.assert_close(seen["low_res"], expected["low_res"])
+    assert torch.equal(seen["aug_level"], expected["aug_level"])
 
 
 def test_max_aug_level_is_a_fraction_or_a_number_of_timesteps():

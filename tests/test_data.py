@@ -334,7 +334,7 @@ def test_make_dataset_unknown_name_and_keyword():
     with pytest.raises(DataError, match=r"'digits'.*unexpected keyword"):
         make_dataset("digits", colour=True)
     assert sorted(data.DATASETS) == sorted(["imagenet64", "imagenet64-folder", "image-folder", "cifar10", "mnist",
-                                            "fashion-mnist", "digits", "photo-patches", "toy-gmm"])
+                                            "fashion-mnist", "digits", "photo-patches", "glyphs", "toy-gmm"])
 
 
 # ------------------------------------------------------------------------------ loader
