@@ -70,7 +70,7 @@ async () => {
 
 _LAST = {}  # the last page's count of typeset formulas
 RAW_TEXT = {  # what a reader must never see in the text of a page
-    "raw maths": re.compile(r"\\\(|\\\[|\$\$|\\begin\{|\$\\[A-Za-z]"),
+    "raw maths": re.compile(r"\\\(|\\\[|\$\$|\\[A-Za-z]{2,}"),  # delimiters, or a command such as \sqrt
     "raw pipe table": re.compile(r"\|\s*:?-{3,}:?\s*\|"),
 }
 RAW_MYST = {  # MyST that the book renders (nbconvert's CommonMark export does not)
