@@ -3,6 +3,8 @@
 Each build runs on a copy of the files a fresh clone has (see tests/book_build.py).
 """
 
+import re
+
 import pytest
 from book_build import REPO, build, check, copy_tree, full_build
 
@@ -18,6 +20,17 @@ def test_book_builds_with_every_chapter(tmp_path_factory):
     for stem in chapters:  # every chapter reaches the book and its table of contents by the glob
         assert (html / "notebooks" / f"{stem}.html").exists(), stem
         assert f"notebooks/{stem}.html" in intro, f"{stem} is missing from the table of contents"
+
+
+def test_book_loads_nothing_from_the_network(tmp_path_factory):
+    """Scripts and styles come from the build itself; MathJax is the local copy (no CDN)."""
+    html = full_build(tmp_path_factory)
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    for page in [*html.glob("book/*.html"), *html.glob("notebooks/*.html")]:
+        text = page.read_text(encoding="utf-8")
+        remote = re.findall(r'<(?:script|link)[^>]+(?:src|href)="(https?://[^"]+)"', text)
+        assert not remote, f"{page.name} loads {remote}"
+        assert "_static/mathjax/tex-chtml.js" in text or "class=\"math" not in text, page.name
 
 
 def test_book_builds_without_chapters(tmp_path):
