@@ -80,6 +80,7 @@ class TrainState:
     data_shape: tuple  # one example's shape, e.g. (C, H, W) or (D,)
     num_classes: int | None
     step: int = 0
+    precision: str = "fp32"  # what runs: config.precision on CUDA, "fp32" compute on a CPU
 
 
 # ----------------------------------------------------------------------------- building
@@ -193,6 +194,8 @@ def setup(config: TrainConfig, dataset=None) -> tuple[TrainState, object]:
     ema_models = {rate: copy.deepcopy(model).eval().requires_grad_(False) for rate in config.ema_rates}
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                   betas=(0.9, 0.999))
+    # fp16 keeps its dynamic loss scaler on every device (on a CPU it scales fp32 gradients: the
+    # skip-on-inf logic still runs); the autocast dtype itself follows the device (`compute_precision`).
     scaler = torch.amp.GradScaler(info.device.type, enabled=config.precision == "fp16")
     diffusion = diffusion_config(config).build()
     forward = ddp = None
@@ -212,8 +215,28 @@ def setup(config: TrainConfig, dataset=None) -> tuple[TrainState, object]:
     random.seed(config.seed + info.rank)
     state = TrainState(config, info, model, forward, ddp, ema_models, optimizer, scaler, diffusion,
                        make_schedule_sampler(config, diffusion), generator, cpu_generator, rank_generator,
-                       model_config, data_shape, num_classes)
+                       model_config, data_shape, num_classes,
+                       precision=compute_precision(config.precision, info.device))
     return state, dataset
+
+
+def compute_precision(precision: str, device) -> str:
+    """The precision the forward/backward runs in: `precision` on CUDA; "fp32" on any other device.
+
+    fp16/bf16 autocast pays on GPUs (tensor cores); on a CPU without half-precision matmul units
+    it runs several times slower than fp32 (benchmarks/README.md), so CPUs compute in fp32.
+    """
+    return precision if torch.device(device).type == "cuda" else "fp32"
+
+
+def precision_notice(state: TrainState) -> str | None:
+    """One line saying that the configured precision was replaced on this device, else None."""
+    cfg = state.config
+    if state.precision == cfg.precision:
+        return None
+    scaler = " (its dynamic loss scaler still runs)" if state.scaler.is_enabled() else ""
+    return (f"gcg.train: precision={cfg.precision} autocast is for CUDA; computing in fp32 on "
+            f"{state.info.device.type}{scaler}")
 
 
 # ----------------------------------------------------------------------------- one step
@@ -224,7 +247,7 @@ def _rank_rows(state: TrainState) -> slice:
 
 
 def _autocast(state: TrainState):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(state.config.precision)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(state.precision)
     return torch.autocast(state.info.device.type, dtype=dtype, enabled=dtype is not None)
 
 
@@ -521,13 +544,56 @@ def plot_loss_curve(history: list, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def write_sample_grid(state: TrainState, dataset, path: Path) -> None:
-    """Samples of the first EMA model (or the model) as a PNG grid (rank 0; diffusion tasks only)."""
+def sampling_steps(spec, num_timesteps: int) -> int:
+    """Number of network evaluations of a respacing spec: "250" -> 250, "ddim50" -> 50,
+    "10,15,20" -> 45, None/"" -> num_timesteps."""
+    if not spec:
+        return num_timesteps
+    spec = str(spec)
+    if spec.startswith("ddim"):
+        return int(spec[len("ddim"):])
+    return sum(int(part) for part in spec.split(","))
+
+
+def sample_grid_plan(num_images: int, spec, num_timesteps: int, budget: int) -> tuple[int, str]:
+    """(images, respacing) of a sample grid costing at most `budget` one-image network forwards.
+
+    A grid of n images over S steps costs n * S forwards. Within budget the configured grid is kept;
+    otherwise n = min(num_images, floor(sqrt(budget))) and S = max(2, min(S, budget // n)), keeping
+    the spec's kind ("ddimS" or "S"), so a 2-step smoke run still samples (every code path runs)
+    without paying for the recipe's 64 images x 250 steps.
+    """
+    steps = sampling_steps(spec, num_timesteps)
+    if num_images * steps <= budget:
+        return num_images, spec
+    n = max(1, min(num_images, math.isqrt(max(budget, 1))))
+    s = max(2, min(steps, budget // n))
+    return n, (f"ddim{s}" if str(spec or "").startswith("ddim") else str(s))
+
+
+def grid_budget(state: TrainState, steps_this_run: int) -> int:
+    """Forward passes a sample grid may cost: what the run's training did (forward + backward ~ 3
+    forwards per example, `steps_this_run` global batches), and at least 16."""
+    return max(16, 3 * steps_this_run * state.config.batch_size)
+
+
+def write_sample_grid(state: TrainState, dataset, path: Path, budget: int | None = None) -> None:
+    """Samples of the first EMA model (or the model) as a PNG grid (rank 0; diffusion tasks only).
+
+    budget: at most this many one-image network forwards (`sample_grid_plan`; None = the config's
+    grid, `num_sample_images` x `sample_steps`); a smaller grid than configured is announced.
+    """
     from gcg.sample import generate, save_grid
 
     cfg = state.config
     model = next(iter(state.ema_models.values()), state.model)
-    n = cfg.num_sample_images
+    n, spec = cfg.num_sample_images, cfg.sample_steps
+    if budget is not None:
+        n, spec = sample_grid_plan(n, spec, state.diffusion.num_timesteps, budget)
+        if (n, spec) != (cfg.num_sample_images, cfg.sample_steps):
+            print(f"gcg.train: {path.name}: {n} images x {sampling_steps(spec, state.diffusion.num_timesteps)}"
+                  f" steps, scaled to this short run (configured: {cfg.num_sample_images} x "
+                  f"{cfg.sample_steps})", file=sys.stderr)
     labels = None
     if state.model_config.num_classes is not None:
         labels = torch.arange(n, device=state.info.device) % state.model_config.num_classes
@@ -540,7 +606,7 @@ def write_sample_grid(state: TrainState, dataset, path: Path) -> None:
         n = len(reference)
     generator = torch.Generator(state.info.device).manual_seed(cfg.seed)
     images = generate(model, state.diffusion, n, state.data_shape, class_labels=labels,
-                      timestep_respacing=cfg.sample_steps, low_res=low_res,
+                      timestep_respacing=spec, low_res=low_res,
                       aug_level=0.0 if getattr(state.model_config, "aug_level_cond", False) else None,
                       generator=generator, device=state.info.device, progress=False)
     save_grid(images, path, labels=None if labels is None else labels.cpu())
@@ -554,7 +620,10 @@ def train(config: TrainConfig, progress: bool = True, max_seconds: float | None 
     resume: None (fresh), True (``out_dir/checkpoint.pt``) or a checkpoint path. `dataset`: an
     already-built data set to use instead of ``gcg.data.make_dataset`` (notebooks).
     With `config.out_dir` set, rank 0 writes config.json, metrics.jsonl, checkpoints, sample grids
-    and loss_curve.png there; with None nothing is written. The global torch / numpy / random
+    and loss_curve.png there; with None nothing is written. A sample grid never costs more network
+    forwards than the run's training did (`sample_grid_plan`: a 2-step smoke run of the 296M recipe
+    samples 4 images x 4 steps, not 64 x 250). On a CPU, fp16/bf16 configs compute in fp32
+    (`compute_precision`; one line on stderr says so). The global torch / numpy / random
     generators are re-seeded from `config.seed` (so a run is reproducible in a notebook too).
     Returns a `TrainResult`.
     """
@@ -568,6 +637,9 @@ def train(config: TrainConfig, progress: bool = True, max_seconds: float | None 
     resume_path = resolve_resume(resume, out_dir)
     if resume_path is not None:
         restore(state, resume_path)
+    notice = precision_notice(state)
+    if notice and info.is_main:
+        print(notice, file=sys.stderr)
     if writes:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -602,7 +674,8 @@ def train(config: TrainConfig, progress: bool = True, max_seconds: float | None 
             save(state, out_dir)
             last_saved = state.step
         if writes and cfg.task != "classifier" and cfg.sample_every and state.step % cfg.sample_every == 0:
-            write_sample_grid(state, dataset, out_dir / f"samples_{state.step:07d}.png")
+            write_sample_grid(state, dataset, out_dir / f"samples_{state.step:07d}.png",
+                              budget=grid_budget(state, state.step - start_step))
     bar.close()
     if out_dir is not None and state.step > last_saved:
         save(state, out_dir)
@@ -610,7 +683,8 @@ def train(config: TrainConfig, progress: bool = True, max_seconds: float | None 
         if history:
             plot_loss_curve(history, out_dir / "loss_curve.png")
         if cfg.task != "classifier":
-            write_sample_grid(state, dataset, out_dir / "samples_final.png")
+            write_sample_grid(state, dataset, out_dir / "samples_final.png",
+                              budget=grid_budget(state, state.step - start_step))
     model = state.model.eval()
     ema = next(iter(state.ema_models.values()), model)
     return TrainResult(model, ema, state.diffusion, history, state.ema_models, state.step, cfg)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from gcg.presets import PRESETS, TrainConfig, apply_overrides, get_preset
-from gcg.train import build_model_config, main, setup, train, train_step
+from gcg.train import (build_model_config, compute_precision, main, sample_grid_plan, setup, train,
+                       train_step)
 
 TINY = {"diffusion": "tiny", "super_res": "tiny", "classifier": "tiny_classifier"}
 
@@ -188,3 +189,44 @@ def test_help_lists_every_preset_on_one_line(capsys):
     out = capsys.readouterr().out
     for name, config in PRESETS.items():
         assert any(line.split()[:1] == [name] and config.description in line for line in out.splitlines())
+
+
+def test_precision_follows_the_device():
+    """fp16/bf16 autocast on CUDA only; a CPU computes in fp32 (fp16 keeps its loss scaler)."""
+    assert [compute_precision(p, "cuda:0") for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
+    assert [compute_precision(p, "cpu") for p in ("fp32", "bf16", "fp16")] == ["fp32"] * 3
+    state, dataset = setup(tiny("digits", precision="bf16"))
+    dtypes = []
+    state.model.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    x, y = torch.stack([dataset[i][0] for i in range(4)]), torch.arange(4)
+    train_step(state, x, y)
+    assert state.precision == "fp32" and dtypes == [torch.float32]
+    state, _ = setup(tiny("digits", precision="fp16"))
+    assert state.precision == "fp32" and state.scaler.is_enabled()
+
+
+def test_sample_grid_plan_scales_the_grid_to_the_budget():
+    """n images x S steps = n * S forwards; over budget: n = isqrt(budget), S = budget // n (>= 2)."""
+    assert sample_grid_plan(100, "ddim50", 1000, 10**6) == (100, "ddim50")  # within budget: as configured
+    assert sample_grid_plan(64, "250", 1000, 16) == (4, "4")
+    assert sample_grid_plan(64, "ddim50", 1000, 30) == (5, "ddim6")
+    assert sample_grid_plan(64, None, 1000, 100) == (10, "10")  # None = all T steps
+    assert sample_grid_plan(3, "250", 1000, 4) == (2, "2")  # never fewer than 2 steps
+
+
+def test_cpu_smoke_run_of_the_gpu_recipe(tmp_path, imagenet_dir, capsys):
+    """`--preset imagenet64 --batch-size 2 --max-steps 2` on a CPU: fp32 with a one-line notice, and
+    an end-of-run grid of 4 images x 4 steps instead of the recipe's 64 x 250 (the tiny network
+    stands in for the 296M one; everything else is the recipe: fp16 loss scaler, L_hybrid, DDPM)."""
+    code = main(["--preset", "imagenet64", "--data-dir", str(imagenet_dir), "--batch-size", "2",
+                 "--max-steps", "2", "--out-dir", str(tmp_path / "run"), "--no-progress",
+                 "--set", "model=tiny", "--set", "image_size=8", "--set", "dropout=0.0"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    notices = [line for line in err.splitlines() if "autocast is for CUDA" in line]
+    assert notices == ["gcg.train: precision=fp16 autocast is for CUDA; computing in fp32 on cpu "
+                       "(its dynamic loss scaler still runs)"]
+    # budget = max(16, 3 forwards x 2 steps x 2 images) = 16 -> 4 images x 4 DDPM steps
+    assert "samples_final.png: 4 images x 4 steps, scaled to this short run (configured: 64 x 250)" in err
+    assert (tmp_path / "run" / "samples_final.png").is_file()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["precision"] == "fp16"
