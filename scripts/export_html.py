@@ -26,10 +26,20 @@ from pathlib import Path
 MATHJAX_ENTRY = "tex-chtml.js"
 CHAPTER_LINK = re.compile(r'href="((?:\./)?\d\d_[\w-]+)\.ipynb(#[^"]*)?"')
 
-# nbconvert's lab template, with the two network loads replaced (see the module docstring).
+# nbconvert's lab template with the two network loads replaced (see the module docstring), and the
+# source of cells tagged hide-input (write-it-yourself solutions, long asserts) collapsed as in the book.
 TEMPLATE = r"""
 {%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{% block input_group -%}
+{%- if "hide-input" in cell.metadata.get("tags", []) -%}
+<details class="gcg-hidden-input"><summary>Show code cell source</summary>
+{{ super() }}
+</details>
+{%- else -%}
+{{ super() }}
+{%- endif -%}
+{%- endblock input_group %}
 {%- block html_head_js_mathjax -%}
 <script>
 window.MathJax = {
