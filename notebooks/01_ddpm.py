@@ -542,8 +542,8 @@ for name, perturbed in [("0.95 * eps*", lambda x, t: 0.95 * exact_eps(x, t)),
 
 # %% [markdown]
 # ```{admonition} One prediction, four parameterisations
-# Given $x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon$, a network may output
-# any one of these; the other three follow (`model_mean_type` of `GaussianDiffusion` picks it):
+# Given $x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon$, any one of these
+# determines the other three; a gcg network outputs $\epsilon$, $x_0$ or $v$ (`model_mean_type`):
 # - **noise** $\hat\epsilon$ (DDPM, `"epsilon"`);
 # - **data** $\hat x_0 = (x_t - \sqrt{1 - \bar\alpha_t}\, \hat\epsilon) / \sqrt{\bar\alpha_t}$
 #   (`"start_x"`; `_predict_xstart_from_eps`, inverse `_predict_eps_from_xstart`);
