@@ -1,33 +1,32 @@
 # %% [markdown]
 # # 07 · Measuring samples: IS, FID, sFID, precision and recall
 #
-# **The question.** Every claim in the guidance papers is a number: "guidance trades diversity
-# for fidelity", "this architecture is better", "25 DDIM steps are nearly as good as 250". What
-# do those numbers measure, what do they reward, what do they miss, and how far can we trust
-# them?
+# ```{admonition} Learning goals
+# After this chapter you can
+# - derive the Inception Score as a mutual information, and the Fréchet distance as the
+#   optimal-transport cost between two Gaussians;
+# - implement the Fréchet distance and compute its matrix square root stably;
+# - predict which of FD, IS, precision, recall and KID moves when samples lose fidelity or
+#   diversity, and which defects none of them sees;
+# - measure how the number of samples biases FD, and say why published FIDs need one
+#   particular Inception network.
 #
-# **The paper's claim.** Table 4 of {cite:t}`dhariwal2021beat` (ImageNet 256×256, conditional
-# ADM) reports, when the classifier scale grows from 1 to 10: FID 4.59 → 9.11, sFID
-# 5.25 → 10.93, Inception Score 186.7 → 283.9, precision 0.82 → 0.88, recall 0.52 → 0.32. IS and
-# precision reward *fidelity* and keep rising; recall measures *diversity* and falls; FID and
-# sFID weigh both and are best at an intermediate scale. Table 5 shows the same axis between
-# model families: on ImageNet 64, BigGAN-deep has precision 0.79 / recall 0.48, ADM 0.73 / 0.63.
+# **Prerequisites:** [chapter 04](04_classifier_guidance.ipynb) (guidance trades diversity for
+# fidelity); symmetric and singular value decompositions, positive semi-definite matrices.
+# ```
 #
-# This chapter derives each metric, ties each formula to the `gcg.metrics` function that
-# implements it, and checks it against a closed form:
+# Every claim in the guidance papers is a number. Table 4 of {cite:t}`dhariwal2021beat`
+# (ImageNet 256×256, conditional ADM) reports, as the classifier scale grows from 1 to 10: FID
+# 4.59 → 9.11, sFID 5.25 → 10.93, Inception Score 186.7 → 283.9, precision 0.82 → 0.88, recall
+# 0.52 → 0.32. IS and precision reward *fidelity* and rise; recall measures *diversity* and falls;
+# FID and sFID weigh both. Table 5 shows the same axis between model families: on ImageNet 64,
+# BigGAN-deep has precision 0.79 / recall 0.48, ADM 0.73 / 0.63.
 #
-# - the **Inception Score** {cite:p}`salimans2016is` (a mutual information);
-# - the **Fréchet distance** {cite:p}`heusel2017fid`: the 2-Wasserstein distance between
-#   Gaussians, derived step by step, including why a matrix square root of $\Sigma_1\Sigma_2$
-#   appears and how to compute it stably; on spatial features it is **sFID**
-#   {cite:p}`nash2021sfid`;
-# - **precision and recall** on $k$-NN manifolds {cite:p}`kynkaanniemi2019pr`, and the
-#   **Kernel Inception Distance** (KID, {cite:p}`binkowski2018kid`).
-#
-# Then it runs the metrics on *controlled* sets of real handwritten digits whose defect we know
-# (dropped classes, noise, blur, truncation onto the modes), measures how the number of samples
-# biases FID, and ends with the reason published FIDs need the Inception network while ours are
-# honestly called **"FD on domain features"**.
+# This chapter derives each metric (IS {cite:p}`salimans2016is`, the Fréchet distance
+# {cite:p}`heusel2017fid` and its spatial form sFID {cite:p}`nash2021sfid`, $k$-NN precision and
+# recall {cite:p}`kynkaanniemi2019pr`, KID {cite:p}`binkowski2018kid`), checks each
+# `gcg.metrics` function against a closed form, and then runs them on sets of real digits with
+# *known* defects.
 
 # %%
 import os
@@ -65,6 +64,7 @@ from gcg import metrics
 from gcg.cascade import gaussian_blur_3x3
 from gcg.data import load_digits_dataset
 from gcg.features import DomainFeatureNet, save_feature_net, train_feature_net
+from gcg.images import plot_image_grid
 from gcg.inception import INCEPTION_WEIGHTS_ENV, FIDInceptionV3, load_fid_inception
 
 N_DRAWS = max(1, round(5 * GCG_SCALE))  # random draws averaged per controlled set
@@ -73,19 +73,17 @@ BIAS_REPEATS = max(2, round(20 * GCG_SCALE))  # repeats per sample size in the F
 # %% [markdown]
 # ## 1. Features first: a domain feature network for the digits
 #
-# Every metric in this chapter compares **features**, one vector per image, never pixels. The
-# published numbers use the pool features, spatial features and class probabilities of one
-# specific Inception-v3 network (section 9). That network cannot be downloaded here, and it
-# would be a poor judge of 8×8 digits anyway. So gcg trains its own
-# **domain feature network** (`gcg.features`) on real data: a small convolutional classifier whose
-# global-average-pooled penultimate layer plays the role of Inception's `pool_3` (FD,
-# precision, recall), whose intermediate map plays `mixed_6/conv` (sFD), and whose softmax
-# plays the 1008-way Inception classifier (IS). Every number below is therefore "on domain
-# features" and is **not comparable with published FID or IS values**.
+# Every metric here compares **features**, one vector per image, never pixels. Published numbers
+# use one specific Inception-v3 network (section 9), which gcg does not ship and which would be
+# a poor judge of 8×8 digits. So gcg trains a **domain feature network** (`gcg.features`): a small
+# convolutional classifier whose pooled penultimate layer plays Inception's `pool_3` (FD,
+# precision, recall), whose intermediate map plays `mixed_6/conv` (sFD), and whose softmax plays
+# the Inception classifier (IS). Every number below is "on domain features", **not comparable
+# with published FID or IS**.
 #
-# We split scikit-learn's 1,797 digits in two stratified halves: the **reference** half trains
-# the feature network and is the "real data" every set is compared with; the **held-out** half
-# supplies the sets we evaluate, like a generator's samples would.
+# scikit-learn's 1,797 digits are split in two stratified halves: the **reference** half trains
+# the feature network and is the "real data"; the **held-out** half supplies the sets we
+# evaluate, as a generator's samples would.
 
 # %%
 ref_set = load_digits_dataset("train", test_fraction=0.5)
@@ -112,9 +110,8 @@ assert held_accuracy > 0.93, f"the domain feature network should recognise held-
 show(DomainFeatureNet.extract)
 
 # %% [markdown]
-# A held-out accuracy well above 90% says the features separate the ten digit classes: the
-# distances the metrics compute in this space mean something about digits. (A metric is only
-# as good as its features; section 9 returns to this.)
+# A held-out accuracy well above 90% says the features separate the ten classes, so distances
+# in this space mean something about digits. (A metric is only as good as its features.)
 
 # %% [markdown]
 # ## 2. The Inception Score
@@ -134,21 +131,19 @@ show(DomainFeatureNet.extract)
 #   = H(y) - \mathbb E_x H(y \mid x) = I(x; y).
 # $$ (ch07-is-mi)
 #
-# So $\log \mathrm{IS}$ is the mutual information between image and label. It is large when each
-# image is classified **confidently** (small $H(y \mid x)$: fidelity) and the labels are
-# **spread** over classes (large $H(y)$: diversity across classes). Since
-# $0 \le I \le H(y) \le \log K$, we get $1 \le \mathrm{IS} \le K$, with $\mathrm{IS} = K$ exactly
-# when every prediction is one-hot and the $K$ classes are used equally often. The original
-# code averages over 10 splits of the samples (the ADM evaluator: splits of 5,000).
+# So $\log \mathrm{IS}$ is the mutual information between image and label: large when each image
+# is classified **confidently** (small $H(y \mid x)$: fidelity) and the labels are **spread**
+# over classes (large $H(y)$). Since $0 \le I \le H(y) \le \log K$, $1 \le \mathrm{IS} \le K$,
+# with $\mathrm{IS} = K$ exactly when every prediction is one-hot and the $K$ classes are equally
+# used. The original code averages over 10 splits of the samples.
 
 # %% tags=["nbval-ignore-output"]
 show(metrics.inception_score)
 
 # %% [markdown]
-# **Checks.** (i) Identical predictions for every image give $I = 0$, IS = 1. (ii) Confident,
-# uniformly used predictions over $K = 10$ classes give IS = 10; over only 4 of them, IS = 4.
-# (iii) For arbitrary soft predictions, IS equals $\exp(H(y) - \mathbb E_x H(y \mid x))$ of
-# {eq}`ch07-is-mi`, computed here independently with numpy.
+# **Checks.** Identical predictions give IS = 1; confident predictions used equally over 10
+# (or 4) classes give IS = 10 (or 4); soft predictions give $\exp(H(y) - \mathbb E_x H(y \mid x))$
+# of {eq}`ch07-is-mi`, computed independently with numpy.
 
 # %%
 K = 10
@@ -175,26 +170,25 @@ for name, (got, expected) in checks.items():
     print(f"{name:28s} gcg IS {got:8.4f}   closed form {expected:8.4f}")
     assert abs(got - expected) < 1e-6 * expected, (name, got, expected)
 
+
 # %% [markdown]
-# The split convention matters: `splits=10` estimates $p(y)$ from a tenth of the samples each
-# time, and the result is averaged. Published IS values use the Inception classifier's 1008
-# outputs on 50,000 samples; ours use the domain classifier's 10 outputs, so the ceiling is 10.
+# Published IS values use the Inception classifier's 1008 outputs on 50,000 samples (10 splits);
+# ours use the domain classifier's 10 outputs, so the ceiling is 10.
 
 # %% [markdown]
 # ## 3. The Fréchet distance, derived
 #
-# FID fits a Gaussian to the features of real images, $\mathcal N(\mu_1, \Sigma_1)$, and one to
-# the features of generated images, $\mathcal N(\mu_2, \Sigma_2)$, and reports the squared
-# **2-Wasserstein (Fréchet) distance** between the two Gaussians. For distributions $P, Q$ on
-# $\mathbb R^D$,
+# FID fits a Gaussian $\mathcal N(\mu_1, \Sigma_1)$ to the features of real images and one,
+# $\mathcal N(\mu_2, \Sigma_2)$, to those of generated images, and reports the squared
+# **2-Wasserstein (Fréchet) distance** between them. For distributions $P, Q$ on $\mathbb R^D$,
 #
 # $$
 # W_2^2(P, Q) = \inf_{\pi \in \Pi(P, Q)} \mathbb E_{(X, Y) \sim \pi}\, \|X - Y\|^2 ,
 # $$ (ch07-w2)
 #
 # where $\Pi(P, Q)$ is the set of *couplings*: joint distributions of $(X, Y)$ with marginals
-# $P$ and $Q$. We now compute it for any $P, Q$ with means $\mu_i$ and covariances
-# $\Sigma_i$, and show it is attained when both are Gaussian.
+# $P$ and $Q$. We bound it for any $P, Q$ with means $\mu_i$ and covariances $\Sigma_i$, and
+# show that Gaussians attain the bound.
 #
 # **Step 1: the means separate.** Write $X = \mu_1 + \tilde X$, $Y = \mu_2 + \tilde Y$ with
 # $\tilde X, \tilde Y$ centred. Then
@@ -207,9 +201,9 @@ for name, (got, expected) in checks.items():
 # \mathbb E\|\tilde X - \tilde Y\|^2 = \operatorname{Tr}\Sigma_1 + \operatorname{Tr}\Sigma_2 - 2 \operatorname{Tr} C .
 # $$
 #
-# A coupling enters only through $C$, so we must **maximise $\operatorname{Tr} C$** over the
-# cross-covariances that some joint distribution can have, i.e. those making the joint covariance
-# $\begin{pmatrix}\Sigma_1 & C\\ C^\top & \Sigma_2\end{pmatrix}$ positive semi-definite.
+# A coupling enters only through $C$, so we **maximise $\operatorname{Tr} C$** over the $C$ that
+# make the joint covariance $\begin{pmatrix}\Sigma_1 & C\\ C^\top & \Sigma_2\end{pmatrix}$
+# positive semi-definite.
 #
 # **Step 3: the constraint.** Take $\Sigma_1, \Sigma_2$ invertible (the singular case follows by
 # continuity). By the Schur complement, the joint covariance is PSD iff
@@ -235,9 +229,9 @@ for name, (got, expected) in checks.items():
 # $\Sigma_1^{1/2}\Sigma_2^{1/2}$ are the square roots of the eigenvalues of
 # $(\Sigma_1^{1/2}\Sigma_2^{1/2})(\Sigma_1^{1/2}\Sigma_2^{1/2})^\top = \Sigma_1^{1/2}\Sigma_2\Sigma_1^{1/2}$,
 # a symmetric PSD matrix. And $\Sigma_1\Sigma_2 = \Sigma_1^{1/2}\big(\Sigma_1^{1/2}\Sigma_2\Sigma_1^{1/2}\big)\Sigma_1^{-1/2}$
-# is *similar* to it: although $\Sigma_1\Sigma_2$ is not symmetric, it is diagonalisable with the
-# same non-negative eigenvalues $\lambda_i$, so it has a principal square root with eigenvalues
-# $\sqrt{\lambda_i}$ and $\operatorname{Tr}(\Sigma_1\Sigma_2)^{1/2} = \sum_i \sqrt{\lambda_i} = \|M\|_*$.
+# is *similar* to it: though not symmetric, $\Sigma_1\Sigma_2$ is diagonalisable with the same
+# eigenvalues $\lambda_i \ge 0$, so its principal square root has eigenvalues $\sqrt{\lambda_i}$
+# and $\operatorname{Tr}(\Sigma_1\Sigma_2)^{1/2} = \sum_i \sqrt{\lambda_i} = \|M\|_*$.
 # Putting steps 1–5 together:
 #
 # $$
@@ -254,32 +248,62 @@ for name, (got, expected) in checks.items():
 # \qquad A\Sigma_1 A = \Sigma_2 .
 # $$ (ch07-ot-map)
 #
-# For non-Gaussian features, steps 1–4 still bound every coupling, so FD is a **lower bound** on
-# $W_2^2$ between the true feature distributions {cite:p}`gelbrich1990`: FID only sees the first two
-# moments. Special cases: in one dimension FD $= (\mu_1 - \mu_2)^2 + (\sigma_1 - \sigma_2)^2$;
+# For non-Gaussian features steps 1–4 still bound every coupling, so FD is a **lower bound** on
+# their $W_2^2$ {cite:p}`gelbrich1990`: FID sees only two moments. Special cases: in one dimension FD $= (\mu_1 - \mu_2)^2 + (\sigma_1 - \sigma_2)^2$;
 # for commuting (e.g. diagonal) covariances
 # FD $= \|\mu_1 - \mu_2\|^2 + \|\Sigma_1^{1/2} - \Sigma_2^{1/2}\|_F^2$.
 #
 # **Computing it stably.** The reference FID code calls `scipy.linalg.sqrtm(sigma1 @ sigma2)`, a
-# Schur-based square root of a *non-symmetric* matrix: round-off produces small imaginary parts
-# (the code discards them, and raises if they exceed $10^{-3}$), it is slow for
-# $D = 2048$, and when the result is not finite (singular covariances, e.g. fewer samples than
-# dimensions) the code retries with $\varepsilon I$ added to both covariances. gcg avoids the non-symmetric matrix altogether: for
-# *any* factors $F_1F_1^\top = \Sigma_1$, $F_2F_2^\top = \Sigma_2$, the non-zero eigenvalues of
-# $\Sigma_1\Sigma_2 = F_1(F_1^\top F_2F_2^\top)$ equal those of
-# $(F_1^\top F_2F_2^\top)F_1 = (F_1^\top F_2)(F_1^\top F_2)^\top$ ($AB$ and $BA$ share their non-zero
-# eigenvalues), hence
+# square root of a *non-symmetric* matrix: round-off leaves small imaginary parts, it is slow at
+# $D = 2048$, and singular covariances (fewer samples than dimensions) need an $\varepsilon I$
+# offset. gcg avoids the non-symmetric matrix: for *any* factors $F_1F_1^\top = \Sigma_1$,
+# $F_2F_2^\top = \Sigma_2$, the non-zero eigenvalues of $\Sigma_1\Sigma_2 = F_1(F_1^\top F_2F_2^\top)$
+# equal those of $(F_1^\top F_2F_2^\top)F_1 = (F_1^\top F_2)(F_1^\top F_2)^\top$ ($AB$ and $BA$
+# share their non-zero eigenvalues), hence
 #
 # $$
 # \operatorname{Tr}(\Sigma_1\Sigma_2)^{1/2} = \|F_1^\top F_2\|_* .
 # $$ (ch07-nuclear)
 #
-# `frechet_distance` takes $F_i$ = the Cholesky factor (or the symmetric square root by `eigh`
-# when $\Sigma_i$ is singular) and sums singular values: only symmetric and orthogonal
-# decompositions, in float64, exact for singular covariances. `fid_from_features` goes further
-# when both sets have fewer rows than dimensions: the centred feature matrices themselves are
-# factors ($\Sigma_a = A^\top A/(N_a - 1)$), so the trace is
-# $\|AB^\top\|_*/\sqrt{(N_a - 1)(N_b - 1)}$, an $N_a \times N_b$ problem instead of $D \times D$.
+# `frechet_distance` takes $F_i$ = the Cholesky factor (the symmetric square root by `eigh` when
+# $\Sigma_i$ is singular) and sums singular values, in float64. `fid_from_features` goes further
+# when both sets have fewer rows than dimensions: the centred feature matrices are themselves
+# factors ($\Sigma_a = A^\top A/(N_a - 1)$), so the trace is $\|AB^\top\|_*/\sqrt{(N_a - 1)(N_b - 1)}$,
+# an $N_a \times N_b$ problem instead of $D \times D$.
+#
+# ### Write it yourself: the Fréchet distance
+#
+# Write `my_frechet_distance(mu1, sigma1, mu2, sigma2)`: float64 `mu` [D], PSD `sigma` [D, D] →
+# {eq}`ch07-fd` as a 0-d tensor. Take the trace term as step 5 does, through the symmetric
+# $\Sigma_1^{1/2}\Sigma_2\Sigma_1^{1/2}$ (`torch.linalg.eigh`; clamp negative round-off
+# eigenvalues to 0). The next cell compares it with `gcg.metrics.frechet_distance` on random
+# Gaussians: equal covariances (mean term only), equal means (trace term only), then both.
+
+# %% tags=["write-it-yourself", "hide-input"]
+def my_frechet_distance(mu1, sigma1, mu2, sigma2):
+    """FD between N(mu1, sigma1) and N(mu2, sigma2): mu [D], sigma [D, D] float64 -> 0-d tensor."""
+    # --- solution ---
+    evals, evecs = torch.linalg.eigh(sigma1)
+    root1 = (evecs * evals.clamp_min(0).sqrt()) @ evecs.T  # Sigma_1^{1/2}
+    middle = root1 @ sigma2 @ root1  # symmetric PSD, same eigenvalues as Sigma_1 Sigma_2 (step 5)
+    trace_sqrt = torch.linalg.eigvalsh(middle).clamp_min(0).sqrt().sum()  # Tr (Sigma_1 Sigma_2)^{1/2}
+    return (mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * trace_sqrt
+    # --- end of solution ---
+
+
+# %%
+gen = torch.Generator().manual_seed(1)
+for d in (1, 3, 16):
+    mu1, mu2 = torch.randn(2, d, generator=gen, dtype=torch.float64)
+    a1, a2 = torch.randn(2, d, d, generator=gen, dtype=torch.float64)
+    sigma1, sigma2 = a1 @ a1.T + 0.1 * torch.eye(d), a2 @ a2.T + 0.1 * torch.eye(d)
+    for what, args in (("the mean term |mu1 - mu2|^2", (mu1, sigma1, mu2, sigma1)),
+                       ("the trace term Tr(S1 + S2 - 2 (S1 S2)^1/2)", (mu1, sigma1, mu1, sigma2)),
+                       ("the sum of both terms", (mu1, sigma1, mu2, sigma2))):
+        mine = torch.as_tensor(my_frechet_distance(*args), dtype=torch.float64)
+        torch.testing.assert_close(mine, torch.tensor(metrics.frechet_distance(*args), dtype=torch.float64),
+                                   msg=lambda m, what=what, d=d: f"D = {d}: {what} is wrong. {m}")
+print("my_frechet_distance agrees with gcg.metrics.frechet_distance for D = 1, 3, 16")
 
 # %% tags=["nbval-ignore-output"]
 show(metrics.frechet_distance)
@@ -330,11 +354,10 @@ wrong = ((m1 - m2) ** 2).sum() + np.trace(S1 + S2) - 2 * np.trace(r1 @ sym_sqrt(
 print(f"(Tr S1^1/2 S2^1/2 instead of Tr (S1 S2)^1/2 would give {wrong:.6f})")
 
 # %% [markdown]
-# **Check 2: FD is the optimal transport cost.** Draw $X \sim \mathcal N(\mu_1, \Sigma_1)$ and map
-# it with $T$ of {eq}`ch07-ot-map`: $T(X)$ must have covariance $\Sigma_2$ (exactly:
-# $A\Sigma_1A = \Sigma_2$), and the Monte Carlo cost $\mathbb E\|X - T(X)\|^2$ must match FD. The
-# *independent* coupling ($Y$ drawn separately) is feasible but not optimal: its cost is
-# $\|\mu_1 - \mu_2\|^2 + \operatorname{Tr}\Sigma_1 + \operatorname{Tr}\Sigma_2$, larger.
+# **Check 2: FD is the optimal transport cost.** Map $X \sim \mathcal N(\mu_1, \Sigma_1)$ with $T$
+# of {eq}`ch07-ot-map`: $A\Sigma_1A = \Sigma_2$ exactly, and the Monte Carlo cost
+# $\mathbb E\|X - T(X)\|^2$ matches FD. The *independent* coupling costs more:
+# $\|\mu_1 - \mu_2\|^2 + \operatorname{Tr}\Sigma_1 + \operatorname{Tr}\Sigma_2$.
 
 # %%
 r1_inv = np.linalg.inv(r1)
@@ -350,11 +373,10 @@ print(f"FD {fd_gcg:.3f};  optimal map, Monte Carlo {mc:.3f} ± {se:.3f};  indepe
 assert abs(mc - fd_gcg) < 4 * se and independent > fd_gcg
 
 # %% [markdown]
-# **Check 3: singular covariances.** With $N$ samples in $D > N$ dimensions the sample covariances
-# have rank $N - 1$. Take exact low-rank covariances $\Sigma_1 = AA^\top$, $\Sigma_2 = BB^\top$
-# ($A, B \in \mathbb R^{20 \times 5}$): by {eq}`ch07-nuclear` with $F_1 = A$, $F_2 = B$, the trace
-# term is the nuclear norm of the small matrix $A^\top B$. Then, on features with $N < D$, `fid_from_features` (sample
-# space) agrees with `frechet_distance` on the fitted statistics.
+# **Check 3: singular covariances** (fewer samples than dimensions). For $\Sigma_1 = AA^\top$,
+# $\Sigma_2 = BB^\top$ with $A, B \in \mathbb R^{20 \times 5}$, {eq}`ch07-nuclear` gives the trace
+# term as the nuclear norm of $A^\top B$. Then, with $N < D$, `fid_from_features` (sample space)
+# agrees with `frechet_distance` on the fitted statistics.
 
 # %%
 A, B = rng.normal(size=(20, 5)), rng.normal(size=(20, 5))
@@ -390,13 +412,12 @@ assert abs(fd_self) < 1e-6 and abs(fd_ab - fd_ba) < 1e-6 * fd_ab and fd_low > 10
 # %% [markdown]
 # ## 4. sFID: spatial features
 #
-# The `pool_3` features that FID uses are a **global average** over the positions of Inception's
-# last 8×8 feature map: they say *which* parts are present, not *where*. Nash et al. propose
-# sFID, the same Fréchet distance on **spatial** features: the first 7 channels of the
-# intermediate `mixed_6/conv` map (17×17 positions), flattened to $17 \cdot 17 \cdot 7 = 2023$
-# numbers per image, so that spatial arrangement counts. `spatial_features` does the slicing
-# and flattening (channels last, as the ADM evaluator); for our digits network the tap is the
-# 4×4 map of stage 2, first 4 channels: 64 numbers.
+# FID's `pool_3` features **average** over the positions of Inception's last 8×8 map: they say
+# *which* parts are present, not *where*. sFID is the same Fréchet distance on **spatial**
+# features: the first 7 channels of the `mixed_6/conv` map (17×17 positions), flattened to
+# $17 \cdot 17 \cdot 7 = 2023$ numbers per image. `spatial_features` slices and flattens (channels
+# last, as the ADM evaluator); for our digits network the tap is the 4×4 map of stage 2, first 4
+# channels: 64 numbers.
 
 # %% tags=["nbval-ignore-output"]
 show(metrics.spatial_features)
@@ -418,8 +439,8 @@ assert abs(fd_pool) < 1e-9 and fd_spatial > 1.0
 # %% [markdown]
 # ## 5. Precision and recall on $k$-NN manifolds
 #
-# FD folds fidelity and diversity into one number. Kynkäänniemi et al. separate them. Given a
-# set of feature vectors $\Phi$, estimate the support of its distribution by a union of balls:
+# FD folds fidelity and diversity into one number; Kynkäänniemi et al. separate them. Estimate
+# the support of a set of feature vectors $\Phi$ by a union of balls:
 #
 # $$
 # \operatorname{manifold}(\Phi) = \bigcup_{\phi' \in \Phi} B\big(\phi', \|\phi' - \mathrm{NN}_k(\phi')\|\big),
@@ -443,9 +464,8 @@ show(metrics.precision_recall)
 
 # %% [markdown]
 # **Checks.** Identical sets give (1, 1); far-apart sets (0, 0); a subset of the real set has
-# precision 1 and recall below 1. And the definition {eq}`ch07-manifold`–{eq}`ch07-pr` written
-# out with a full distance matrix (`scipy.spatial.distance.cdist`) agrees with gcg's blocked
-# computation on random point clouds, for several $k$ and small blocks.
+# precision 1 and recall below 1. And {eq}`ch07-manifold`–{eq}`ch07-pr` written out with a full
+# distance matrix (`scipy.spatial.distance.cdist`) agrees with gcg's blocked computation.
 
 # %%
 from scipy.spatial.distance import cdist
@@ -472,11 +492,8 @@ for k in (1, 3, 5):
     got = metrics.precision_recall(real_pts, fake_pts, k=k, block_size=64)
     want = pr_by_definition(real_pts.double().numpy(), fake_pts.double().numpy(), k)
     print(f"k = {k}: gcg ({got.precision:.4f}, {got.recall:.4f})   definition ({want[0]:.4f}, {want[1]:.4f})")
+    # 0.01: a point within float32 round-off of a ball's boundary may fall on the other side
     assert abs(got.precision - want[0]) < 0.01 and abs(got.recall - want[1]) < 0.01
-
-# %% [markdown]
-# (The tolerance of 0.01 allows a point lying within float32 round-off of a ball's boundary to
-# fall on the other side; here the two agree to all printed digits.)
 
 # %% [markdown]
 # ## 6. KID: an unbiased alternative
@@ -489,10 +506,9 @@ for k in (1, 3, 5):
 #   + \frac{1}{m(m-1)}\sum_{i \ne j} k(y_i, y_j) - \frac{2}{m^2}\sum_{i, j} k(x_i, y_j).
 # $$ (ch07-kid)
 #
-# Its expectation is the population MMD² for every sample size $m$, so it is 0 on average for
-# two samples of one distribution (individual estimates can be negative). With a cubic kernel it
-# compares moments up to third order, not only two, but it is noisier than FD; gcg averages it
-# over random subsets.
+# Its expectation is the population MMD² for every sample size $m$: 0 on average for two samples
+# of one distribution (single estimates can be negative). The cubic kernel compares moments up to
+# third order, but KID is noisier than FD; gcg averages it over random subsets.
 
 # %% tags=["nbval-ignore-output"]
 show(metrics.kid)
@@ -520,8 +536,8 @@ assert abs(got - float(direct)) < 1e-9
 # %% [markdown]
 # ## 7. What each metric rewards and misses: controlled sets of real digits
 #
-# A generator's samples have unknown defects. Here we manufacture sets with **known** defects
-# from held-out real digits, 180 images each, and compare each with the 899 reference digits:
+# A generator's samples have unknown defects. Here we make sets with **known** defects from
+# held-out real digits, 180 images each, and compare each with the 899 reference digits:
 #
 # - **held-out real**: random held-out images, the best a generator could do;
 # - **copied training images**: 180 reference images themselves (memorisation);
@@ -530,13 +546,11 @@ assert abs(got - float(direct)) < 1e-9
 # - **mode dropping** $c$: held-out images of the first $c$ digit classes only: perfect images,
 #   missing modes;
 # - **truncation** $m$: drawn from the $m$ images of each class (of ≈ 90) that the classifier
-#   finds most typical (highest $\log p(y \mid x)$). This is a real-data analogue of
-#   guidance, which samples from $p(x \mid y)\, p(y \mid x)^s$: the larger $s$, the more the
-#   samples concentrate where the classifier is confident (chapter 04).
+#   finds most typical (highest $\log p(y \mid x)$), a real-data analogue of guidance, which
+#   samples from $p(x \mid y)\, p(y \mid x)^s$ (chapter 04).
 #
-# Each set is a random draw without replacement (as a generator's samples are independent), drawn
-# `N_DRAWS` times with different seeds; the metrics are averaged. All sets have the same size,
-# because every metric here depends on the sample size (section 8).
+# Each set is drawn without replacement `N_DRAWS` times with different seeds and the metrics are
+# averaged. All sets have the same size, because every metric depends on it (section 8).
 
 # %%
 N_EVAL = 180
@@ -580,6 +594,16 @@ def evaluate_set(x):
     }
 
 
+# %%
+SHOWN = [("real", 0), ("copies", 0), ("noise", 0.4), ("blur", 1.0), ("modes", 2), ("truncation", 18)]
+fig, ax = plt.subplots(figsize=(6.5, 4.2))
+plot_image_grid(ax, torch.cat([draw(kind, level, seed=0)[:10] for kind, level in SHOWN]), nrow=10,
+                row_labels=["held-out real", "copies", "noise σ = 0.4", "blur σ = 1", "2 classes", "top 18 / class"],
+                title="Ten images of six controlled sets (one draw)", pad_value=0.6)
+plt.tight_layout()
+plt.show()
+
+# %%
 CONDITIONS = [("real", 0), ("copies", 0)] + [("noise", s) for s in (0.1, 0.2, 0.4, 0.8)] + \
     [("blur", s) for s in (0.5, 1.0, 2.0)] + [("modes", c) for c in (6, 4, 2)] + [("truncation", m) for m in (54, 36, 18)]
 t0 = time.perf_counter()
@@ -619,27 +643,26 @@ plt.show()
 # %% [markdown]
 # Read the figure from the black dot (held-out real digits) outwards:
 #
-# - **mode dropping** slides left: recall falls with the number of classes kept while precision
-#   stays high, because every sample is still a perfect digit. FD grows a lot; IS falls (fewer
-#   classes), but IS would not notice dropped *styles within* a class. (IS of real digits is far
-#   below its ceiling of 10 because the small classifier's softmax is not confident, though its
-#   argmax is almost always right: IS measures the classifier as much as the samples);
+# - **mode dropping** slides left: recall falls with the classes kept while precision stays
+#   high, since every sample is still a perfect digit. FD grows a lot; IS falls (fewer classes)
+#   but would not notice dropped *styles within* a class. (IS of real digits is far below 10
+#   because the small classifier's softmax is not confident: IS measures the classifier as much
+#   as the samples);
 # - **noise and blur** slide down: precision falls. Noise also shows a blind spot of $k$-NN
-#   recall: scattered samples have large $k$-NN balls, which cover the real data, so recall
-#   *rises*. A high recall is only meaningful together with a decent precision;
-# - **truncation** slides left and up: precision and IS rise, recall falls. This is the
-#   signature of Table 4 of {cite:t}`dhariwal2021beat` for growing guidance scales. FD,
-#   however, barely moves (it even falls a little here): at $N = 180$ most of the FD of any set
-#   is the finite-sample bias of section 8 (compare the FD of all 898 held-out images, printed
-#   below), and the truncated sets are drawn from small pools (180 images for the strongest
-#   one), so FD at this size cannot resolve the lost diversity that recall sees at once. The
-#   paper's FID rise at large guidance scales is measured on 50,000 samples;
-# - **copied training images** score as well as or better than real held-out data on every
-#   metric: no sample-quality metric here detects memorisation.
+#   recall: scattered samples have large balls that cover the real data, so recall *rises*. A
+#   high recall means something only together with a decent precision;
+# - **truncation** slides left and up: precision and IS rise, recall falls, the signature of
+#   Table 4 of {cite:t}`dhariwal2021beat` for growing guidance scales. FD, however, does not rise
+#   (it falls here): at $N = 180$ most of any set's FD is the finite-sample bias of section 8
+#   (compare the FD of all 898 held-out images above), so FD at this size cannot resolve the lost
+#   diversity that recall sees at once. The paper's FID rise is measured on 50,000 samples;
+# - **copied training images** have perfect precision and lower FD, sFD and KID than held-out
+#   real data; only their recall is slightly lower (0.889 vs 0.901). No metric here penalises
+#   memorisation.
 #
 # The next cell asserts these claims.
 
-# %%
+# %% tags=["hide-input"]
 r = results
 base = r["real", 0]
 msg = "\n" + "\n".join(f"{k}: " + ", ".join(f"{m_} {v:.3f}" for m_, v in val.items()) for k, val in r.items())
@@ -656,15 +679,16 @@ assert r["noise", 0.8]["recall"] >= base["recall"], msg
 # truncation: precision and IS up, recall down -- the guidance trade-off
 assert r["truncation", 18]["precision"] >= base["precision"] and r["truncation", 18]["IS"] > base["IS"], msg
 assert r["truncation", 18]["recall"] < base["recall"] - 0.3, msg
-# memorised copies are not penalised
-assert r["copies", 0]["precision"] == 1.0, msg
+# memorised copies are not penalised: perfect precision, FD no worse, recall within 0.05
+assert r["copies", 0]["precision"] == 1.0 and r["copies", 0]["FD"] <= base["FD"], msg
+assert r["copies", 0]["recall"] > base["recall"] - 0.05, msg
 
 # %% [markdown]
 # ## 8. How the number of samples biases FD
 #
-# FD is computed from *estimated* means and covariances, and it is a non-linear function of them,
-# so its estimate is **biased upwards**: two samples of the same distribution have FD > 0 on
-# average. For $N$ samples of $\mathcal N(0, I_D)$ on each side we can compute the leading term.
+# FD is a non-linear function of *estimated* means and covariances, so it is **biased upwards**:
+# two samples of one distribution have FD > 0 on average. For $N$ samples of
+# $\mathcal N(0, I_D)$ on each side the leading term can be computed.
 # The sample means differ by a $\mathcal N(0, 2I/N)$ vector: $\mathbb E\|\hat\mu_1 - \hat\mu_2\|^2 = 2D/N$.
 # Write the sample covariances as $\hat\Sigma_i = I + \Delta_i$. Expanding {eq}`ch07-fd` to second
 # order ($(I + \Delta)^{1/2} = I + \Delta/2 - \Delta^2/8 + \dots$) gives
@@ -677,12 +701,11 @@ assert r["copies", 0]["precision"] == 1.0, msg
 # \mathbb E\big[\mathrm{FD}_N\big] \approx \frac{2D}{N} + \frac{D(D+1)}{2(N-1)} .
 # $$ (ch07-fd-bias)
 #
-# The bias falls like $1/N$ but grows like $D^2$: with 2048-dimensional features it is why FID
-# must be computed with a fixed, large $N$ (50,000 samples in the ADM papers) and why two FIDs
-# computed with different $N$ cannot be compared. For general features the same $1/N$ law holds
-# with a constant that depends on the covariance, $\mathrm{FD}_N \approx \mathrm{FD}_\infty + b/N$
-# {cite:p}`chong2020unbiased`, which can be extrapolated to $N \to \infty$. KID is unbiased
-# ({eq}`ch07-kid`): its mean stays at 0 for every $N$.
+# The bias falls like $1/N$ but grows like $D^2$: with 2048-dimensional features, FID must use a
+# fixed, large $N$ (50,000 in the ADM papers), and FIDs at different $N$ cannot be compared. For
+# general features the same law holds, $\mathrm{FD}_N \approx \mathrm{FD}_\infty + b/N$
+# {cite:p}`chong2020unbiased`, and can be extrapolated to $N \to \infty$. KID ({eq}`ch07-kid`) is
+# unbiased: its mean is 0 at every $N$.
 #
 # **Experiment.** (a) Isotropic Gaussians in $D = 16$ against {eq}`ch07-fd-bias`. (b) Disjoint
 # random halves of the held-out digit features ($D = 64$), for growing $N$, with the fit
@@ -743,7 +766,7 @@ axes[2].set_xticks(N_DIGITS, [str(n) for n in N_DIGITS])
 plt.tight_layout()
 plt.show()
 
-# %%
+# %% tags=["hide-input"]
 # the bias decreases with N, on the Gaussians and on the digit features
 assert np.all(np.diff(gauss_mean) < 0) and np.all(np.diff(digit_fd) < 0), (gauss_mean, digit_fd)
 # (ch07-fd-bias) within Monte Carlo error plus 5% for the terms beyond second order
@@ -754,28 +777,25 @@ assert abs(fd_inf) < 0.3 * digit_fd[-1], f"extrapolated FD {fd_inf:.4f} vs FD at
 assert all(abs(km) < 4 * ks + 1e-4 for km, ks in digit_kid), digit_kid
 
 # %% [markdown]
-# The bias halves each time $N$ doubles, exactly as {eq}`ch07-fd-bias` predicts for the
-# Gaussian, and the digit features follow the same $1/N$ law with an extrapolated
-# $\mathrm{FD}_\infty$ near 0, as it must be for two halves of one distribution. KID stays at 0
-# within its error bars at every $N$. Practical rule: **compare FDs only at equal $N$**, and
-# remember that a difference smaller than the spread between random draws (section 7 averages
-# several) is noise.
+# The bias halves each time $N$ doubles, as {eq}`ch07-fd-bias` predicts for the Gaussian; the
+# digit features follow the same $1/N$ law with $\mathrm{FD}_\infty$ near 0, as two halves of one
+# distribution must. KID stays at 0 within its error bars. Practical rule: **compare FDs only at
+# equal $N$**, and treat differences smaller than the spread between random draws as noise.
 
 # %% [markdown]
 # ## 9. Why published FIDs need the Inception network
 #
-# "FID" is not just the formula {eq}`ch07-fd`: it is that formula on the 2048-d `pool_3`
-# features of one particular network, the Inception-v3 graph `inception-2015-12-05` frozen in
-# TensorFlow, with its 299×299 resize, on 50,000 samples against a fixed reference batch. Change
-# the network (even torchvision's Inception-v3, trained differently), the resize filter, or $N$,
-# and the number changes. Published FID, sFID and IS values are comparable with each other only
-# because everyone uses this network.
+# "FID" is {eq}`ch07-fd` on the 2048-d `pool_3` features of one particular network, the
+# TensorFlow Inception-v3 graph `inception-2015-12-05`, with its 299×299 resize, on 50,000
+# samples against a fixed reference batch. Change the network (even torchvision's
+# Inception-v3), the resize filter or $N$, and the number changes: published FID, sFID and IS
+# are comparable only because everyone uses this network.
 #
 # `gcg.inception.FIDInceptionV3` is that architecture in PyTorch (1008 classes, the graph's
-# pooling quirks; module names of the pytorch-fid port) with one `extract` call giving all three
-# feature sets. Its weights cannot be downloaded here, so `load_fid_inception` reads them from a
-# **file you supply** (`pt_inception-2015-12-05-6726825d.pth`, or the `GCG_INCEPTION_WEIGHTS`
-# environment variable) and says exactly what to do when none is given:
+# pooling quirks, the pytorch-fid module names); one `extract` call gives all three feature sets.
+# `load_fid_inception` reads its weights from a **file you supply**
+# (`pt_inception-2015-12-05-6726825d.pth`, or the `GCG_INCEPTION_WEIGHTS` environment variable)
+# and says what to do when none is given:
 
 # %%
 saved = os.environ.pop(INCEPTION_WEIGHTS_ENV, None)  # show the message even if you have the file
@@ -788,9 +808,8 @@ finally:
         os.environ[INCEPTION_WEIGHTS_ENV] = saved
 
 # %% [markdown]
-# With random weights the network still runs, which is how gcg's tests check the pipeline: the
-# shapes are those of the ADM evaluator (pool 2048, spatial $17 \cdot 17 \cdot 7 = 2023$, logits
-# 1008); the values mean nothing.
+# With random weights the network still runs (gcg's tests check the pipeline this way): the
+# shapes are the ADM evaluator's; the values mean nothing.
 
 # %%
 inception = FIDInceptionV3().init_random_(seed=0)
@@ -801,11 +820,10 @@ print({k: tuple(v.shape) for k, v in out.items()})
 assert out["pool"].shape == (2, 2048) and out["spatial"].shape == (2, 2023) and out["logits"].shape == (2, 1008)
 
 # %% [markdown]
-# On the digits we use the domain network instead, through the same command-line evaluator a
-# researcher runs on ImageNet samples: `python -m gcg.evaluate REF SAMPLES --features
-# domain:PATH` (with `--inception-weights W` for the real FID). Here, the reference half
-# against the held-out half, written as uint8 `.npz` files like `gcg.sample` writes samples;
-# note how every line says "domain features".
+# On the digits the domain network goes through the same command-line evaluator a researcher
+# runs on ImageNet samples, `python -m gcg.evaluate REF SAMPLES --features domain:PATH`
+# (`--inception-weights W` for the real FID). Here: the reference half against the held-out
+# half, as uint8 `.npz` files like those `gcg.sample` writes. Every line says "domain features".
 
 # %% tags=["nbval-ignore-output"]
 import tempfile
@@ -827,24 +845,32 @@ with tempfile.TemporaryDirectory() as tmp:
 # %%
 assert cli["precision"] > 0.8 and cli["recall"] > 0.8 and cli["fid"] < fd_low, cli
 
+# %% tags=["nbval-ignore-output"]
+print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
+
 # %% [markdown]
-# ## 10. Summary: what each metric rewards and what it misses
+# ## Summary
+#
+# $$
+# \mathrm{FD} = \|\mu_1 - \mu_2\|^2 + \operatorname{Tr}\Big(\Sigma_1 + \Sigma_2 - 2\,(\Sigma_1\Sigma_2)^{1/2}\Big) \;\le\; W_2^2(P, Q)
+# $$
+#
+# Every sample metric compares *features*: FD is the optimal-transport cost between Gaussian fits
+# of them, precision and recall split its fidelity and diversity apart, and none of them detects
+# copies of the training set.
 #
 # | metric | features | rewards | misses / pitfalls |
 # |---|---|---|---|
-# | IS | classifier probabilities | confident samples spread over classes | never looks at real data; diversity *within* a class; a classifier-specific ceiling; gamed by optimising against the classifier |
-# | FID | pool features, Gaussian fit | fidelity and diversity in one number | only two moments (a lower bound on $W_2$); biased by $N$ (compare at equal $N$); network-specific |
-# | sFID | spatial features | spatial layout too | same as FID, larger $D$ so larger bias |
+# | IS | classifier probabilities | confident samples spread over classes | never looks at real data; diversity *within* a class; classifier-specific ceiling |
+# | FID | pool features, Gaussian fit | fidelity and diversity in one number | only two moments; biased by $N$ (compare at equal $N$); network-specific |
+# | sFID | spatial features | spatial layout too | as FID, larger $D$ so larger bias |
 # | precision | $k$-NN manifold of real data | samples that look real | dropped modes; memorisation |
-# | recall | $k$-NN manifold of samples | coverage of the real data | inflated by scattered outliers (large balls) |
+# | recall | $k$-NN manifold of samples | coverage of the real data | inflated by scattered outliers |
 # | KID | polynomial-kernel MMD | moments up to third order, unbiased in $N$ | noisier than FD; network-specific |
 #
-# None of them detects copies of the training set. Guidance moves samples along the
-# fidelity–diversity axis; which scale is "best" depends on which metric you read, and the
-# guidance chapters report them all.
-
-# %% tags=["nbval-ignore-output"]
-print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
+# Guidance moves samples along the fidelity–diversity axis, so which scale is "best" depends on
+# the metric read; the guidance chapters report them all, and [chapter 08](08_training_at_scale.ipynb)
+# runs the same `.npz` → `gcg.evaluate` pipeline on a trained model's samples.
 
 # %% [markdown]
 # ## Exercises
@@ -852,15 +878,68 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
 # 1. **Step 4 by hand.** For $D = 1$ the constraint of step 3 says $|C| \le \sigma_1\sigma_2$.
 #    Re-derive FD $= (\mu_1 - \mu_2)^2 + (\sigma_1 - \sigma_2)^2$ from steps 1–3 alone, and find
 #    the optimal coupling. Which coupling gives the *largest* cost?
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    A 2×2 covariance matrix is PSD iff its diagonal and its determinant are non-negative.
+#    ```
+#
+#    ```{admonition} Solution
+#    :class: dropdown
+#    By steps 1–2 the cost is $(\mu_1 - \mu_2)^2 + \sigma_1^2 + \sigma_2^2 - 2C$, and
+#    $\det\begin{pmatrix}\sigma_1^2 & C\\ C & \sigma_2^2\end{pmatrix} \ge 0$ means
+#    $|C| \le \sigma_1\sigma_2$. The smallest cost takes $C = \sigma_1\sigma_2$:
+#    $(\mu_1 - \mu_2)^2 + (\sigma_1 - \sigma_2)^2$. It is attained by the monotone map
+#    $Y = \mu_2 + \tfrac{\sigma_2}{\sigma_1}(X - \mu_1)$ (correlation $+1$; {eq}`ch07-ot-map` with
+#    $A = \sigma_2/\sigma_1$). The largest cost takes $C = -\sigma_1\sigma_2$, the decreasing map
+#    $Y = \mu_2 - \tfrac{\sigma_2}{\sigma_1}(X - \mu_1)$, and costs $(\mu_1 - \mu_2)^2 + (\sigma_1 + \sigma_2)^2$.
+#    ```
+#
 # 2. **Gelbrich's bound.** Take $P$ = the uniform distribution on $\{-1, +1\}$ and
 #    $Q = \mathcal N(0, 1)$ (same mean and variance). What is their FD? Compute their true
 #    $W_2^2$ (in 1-D the optimal coupling matches quantiles) and check that FD is a lower bound.
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    Matching quantiles sends the lower half of $Q$ to $-1$ and the upper half to $+1$, i.e.
+#    $X = \operatorname{sign}(Z)$; you need $\mathbb E|Z| = \sqrt{2/\pi}$.
+#    ```
+#
+#    ```{admonition} Solution
+#    :class: dropdown
+#    Equal means and variances give FD $= 0$. With $X = \operatorname{sign}(Z)$,
+#    $W_2^2 = \mathbb E(|Z| - 1)^2 = \mathbb E Z^2 - 2\,\mathbb E|Z| + 1 = 2 - 2\sqrt{2/\pi} \approx 0.40 > 0$:
+#    FD sees only two moments, so it cannot tell a two-point distribution from a Gaussian.
+#    ```
+#
 # 3. **IS splits.** Compute `metrics.inception_score` on the held-out digit probabilities with
-#    `splits=1` and `splits=10`. Why is the 10-split value smaller? Relate it to the bias of
-#    section 8.
+#    `splits=1` and `splits=10`. Which is smaller, and why? Relate it to the bias of section 8.
+#    (Seconds on a CPU.)
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    Each split estimates the marginal $p(y)$ from a tenth of the samples, and $H$ is concave:
+#    by Jensen, the entropy of an estimated marginal is biased downwards, more so for small sets.
+#    ```
+#
 # 4. **Choose $k$.** Re-run the controlled sets of section 7 with $k = 1$ and $k = 10$. How do the
 #    precision and recall of the held-out real set change, and why do Kynkäänniemi et al.
-#    recommend a small $k$ with many samples?
+#    recommend a small $k$ with many samples? (≈ 30 s on a 2-core CPU.)
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    The ball around each point reaches its $k$-th neighbour: a larger $k$ inflates every ball, so
+#    both manifolds cover more and both numbers rise towards 1, for good and bad sets alike.
+#    ```
+#
 # 5. **Bias in $D$.** Repeat the Gaussian experiment of section 8 with $D = 64$ and $N$ from 200
 #    to 3200. How many samples does {eq}`ch07-fd-bias` say you need for a bias below 1 with
-#    $D = 2048$ whitened features? Why are real Inception features less demanding?
+#    $D = 2048$ whitened features? Why are real Inception features less demanding? (≈ 1 min on a
+#    2-core CPU.)
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    The second term dominates: $D^2/(2N) < 1$. For correlated features the covariance estimate's
+#    error in a pair of directions scales with their variances, so a spectrum that decays fast
+#    acts like a much smaller $D$.
+#    ```
