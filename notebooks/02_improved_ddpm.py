@@ -1,31 +1,36 @@
 # %% [markdown]
 # # 02 · Improved DDPM
 #
-# **The question.** DDPM (chapter 01) makes excellent samples but its log-likelihood lags
-# behind other likelihood models, and it needs all $T$ steps to sample. Which changes fix that?
+# ```{admonition} Learning goals
+# After this chapter you can
+# - derive the cosine schedule's $\beta_t$ from $\bar\alpha_t$ and explain why the linear schedule wastes steps at low resolution;
+# - implement the learned variance interpolation and the hybrid loss with its stop-gradient;
+# - compute a diffusion model's likelihood bound in bits/dim, and respace a chain to fewer steps;
+# - measure which of the paper's claims survive at 8×8 and which do not.
+#
+# **Prerequisites:** [chapter 01](01_ddpm.ipynb) (forward process, posterior $q(x_{t-1} \mid x_t, x_0)$, the bound $L_\text{vlb}$, $L_\text{simple}$).
+# ```
+#
+# **The question.** DDPM (chapter 01) samples well, but its log-likelihood lags behind other
+# likelihood models and it needs all $T$ steps to sample. Which changes fix that?
 #
 # **The paper's claims.** Nichol and Dhariwal {cite:p}`nichol2021improved` make four changes:
 #
-# 1. a **cosine noise schedule**, $\bar\alpha_t = f(t)/f(0)$ with
-#    $f(t) = \cos^2\!\big(\frac{t/T + s}{1 + s}\cdot\frac{\pi}{2}\big)$, $s = 0.008$, because the
-#    linear schedule destroys information too fast and wastes its last steps at low resolution;
-# 2. **learned variances**, $\Sigma_\theta = \exp(v \log\beta_t + (1 - v)\log\tilde\beta_t)$,
-#    trained by the hybrid loss $L_\text{hybrid} = L_\text{simple} + \lambda L_\text{vlb}$,
-#    $\lambda = 0.001$, with the mean held fixed inside $L_\text{vlb}$;
-# 3. **importance sampling** of $L_\text{vlb}$ over $t$, with $p_t \propto \sqrt{\mathbb E[L_t^2]}$;
-# 4. **respacing**: a model with learned variances samples well with far fewer steps
-#    (e.g. 50 instead of 4000).
+# 1. a **cosine noise schedule**, because the linear one destroys information too fast at low
+#    resolution;
+# 2. **learned variances**, trained by a hybrid loss $L_\text{simple} + \lambda L_\text{vlb}$;
+# 3. **importance sampling** of $L_\text{vlb}$ over $t$;
+# 4. **respacing**: with learned variances, far fewer sampling steps (50 instead of 4000).
 #
-# Together, (1)+(2) improve the log-likelihood (bits/dim) while keeping sample quality, and (2)
-# makes short sampling chains work. This chapter derives each change, ties it to gcg and checks
-# it, then runs a scaled-down version of the paper's ablation on the 8×8 digits.
+# (1)+(2) improve the log-likelihood (bits/dim) while keeping sample quality; (2) makes short
+# chains work. We derive and check each change, then run a scaled-down
+# ablation on the 8×8 digits.
 
 # %%
 import inspect
 import math
 import os
 import random
-import time
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -39,7 +44,6 @@ random.seed(0)
 np.random.seed(0)
 torch.manual_seed(0)
 torch.set_printoptions(precision=4, sci_mode=False)
-CHAPTER_START = time.perf_counter()
 
 
 def show(obj):
@@ -69,11 +73,9 @@ gen = torch.Generator().manual_seed(1)
 # \qquad \beta_t = \min\!\left(1 - \frac{\bar\alpha_t}{\bar\alpha_{t-1}},\ 0.999\right)
 # $$ (ch02-cosine)
 #
-# (Eq. (17) of the paper). $\bar\alpha_t$ falls like a cosine: slowly at both ends, linearly in
-# the middle. The offset $s = 0.008$ keeps $\beta_1$ from being vanishingly small, and clipping
-# $\beta_t \le 0.999$ avoids the singularity at $t = T$, where $f(T) = 0$ would make $\beta_T =
-# 1$. gcg discretises any continuous $\bar\alpha(\cdot)$ this way in `betas_for_alpha_bar`;
-# `get_named_beta_schedule("cosine", T)` passes it $f$.
+# (Eq. (17) of the paper): slow at both ends, linear in the middle. The offset $s = 0.008$ keeps
+# $\beta_1$ from vanishing (exercise 2); the clip avoids $\beta_T = 1$ where $f(T) = 0$. gcg
+# discretises any $\bar\alpha(\cdot)$ this way in `betas_for_alpha_bar`.
 
 # %% tags=["nbval-ignore-output"]
 show(betas_for_alpha_bar)
@@ -93,22 +95,45 @@ print(f"clipped steps: {int(clipped.sum())} (the last: {torch.nonzero(clipped).f
       f"max relative error elsewhere {float(rel.max()):.1e}")
 assert float(rel.max()) < 1e-10
 
+
+# %% [markdown]
+# ### Write it yourself: the cosine schedule
+#
+# `my_cosine_betas(T, s=0.008, max_beta=0.999)` returns the float64 tensor $\beta$ [T] of
+# Eq. {eq}`ch02-cosine`: chain index $i = 0, \dots, T-1$ is step $t = i + 1$, so
+# $\beta_i = \min\big(1 - \bar\alpha(\tfrac{i+1}{T}) / \bar\alpha(\tfrac{i}{T}),\ \text{max\_beta}\big)$
+# with $\bar\alpha(u) = f(u)/f(0)$.
+
+# %% tags=["write-it-yourself", "hide-input"]
+def my_cosine_betas(T, s=0.008, max_beta=0.999):
+    """Eq. (ch02-cosine): betas [T], float64, whose running product of (1 - beta) is f(t/T)/f(0)."""
+    # --- solution ---
+    f = lambda u: math.cos((u + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    betas = [min(1 - f((i + 1) / T) / f(i / T), max_beta) for i in range(T)]
+    return torch.tensor(betas, dtype=torch.float64)
+    # --- end of solution ---
+
+
+# %%
+for T_check in (10, 250, 1000):
+    mine, ours = my_cosine_betas(T_check), get_named_beta_schedule("cosine", T_check)
+    torch.testing.assert_close(mine[:-1], ours[:-1], msg=lambda m: f"T={T_check}: check the ratio f((i+1)/T) / f(i/T)\n{m}")
+    torch.testing.assert_close(mine, ours, msg=lambda m: f"T={T_check}: the last beta must be clipped to 0.999\n{m}")
+print("my_cosine_betas matches get_named_beta_schedule('cosine', T) for T = 10, 250, 1000")
+
 # %% [markdown]
 # ### Why the linear schedule wastes steps
 #
-# Compare the two schedules through $\bar\alpha_t$ and the log signal-to-noise ratio
-# $\log\mathrm{SNR}(t) = \log\frac{\bar\alpha_t}{1 - \bar\alpha_t}$. A better measure of what a
-# step still *does* is how much information $x_t$ keeps about the data. For a Gaussian model of
-# the data with covariance eigenvalues $\lambda_k$, $x_t = \sqrt{\bar\alpha_t}x_0 +
-# \sqrt{1 - \bar\alpha_t}\epsilon$ is a Gaussian channel and
+# Beyond $\bar\alpha_t$ and $\log\mathrm{SNR}(t) = \log\frac{\bar\alpha_t}{1 - \bar\alpha_t}$,
+# measure what a step still *does* by the information $x_t$ keeps about the data. For Gaussian
+# data with covariance eigenvalues $\lambda_k$, $x_t$ is a Gaussian channel and
 #
 # $$
 # I(x_0; x_t) = \frac12 \sum_{k=1}^{D} \log_2\!\big(1 + \mathrm{SNR}(t)\, \lambda_k\big) \text{ bits}.
 # $$ (ch02-mutual-info)
 #
-# We evaluate it for the 64-pixel digits (a Gaussian fitted to the training images) and for the
-# toy's class label, $I(y; x_t) = H(y) - \mathbb E[H(y \mid x_t)]$, exactly with the toy's
-# noisy posterior `toy.posterior_logits`.
+# We evaluate it for the digits (a Gaussian fitted to the training images) and, exactly, for the
+# toy's class label, $I(y; x_t) = H(y) - \mathbb E[H(y \mid x_t)]$ (`toy.posterior_logits`).
 
 # %%
 from gcg.data import load_digits_dataset
@@ -164,20 +189,17 @@ print("fraction of steps where x_t keeps < 0.01 bits about the toy label: "
 assert dead["linear"] > 2 * dead["cosine"] and label_dead["linear"] > label_dead["cosine"]
 
 # %% [markdown]
-# For the 8×8 digits, almost a third of the linear schedule's steps act on samples that hold
-# almost no information about the image: the network spends those steps denoising pure noise.
-# The cosine schedule spreads the destruction of information evenly over $t$. The effect is a
-# property of low resolution: a larger image has more pixels carrying the same content, so it
-# survives to a lower SNR (try a `load_digits_dataset(image_size=32)` in exercise 1).
+# For the 8×8 digits, almost a third of the linear schedule's steps denoise samples that hold
+# almost no information about the image; the cosine schedule spreads the loss of information
+# evenly over $t$. This is a low-resolution effect (exercise 1).
 #
 # ## 2. Learned variances
 #
 # Chapter 01 fixed $\sigma_t^2$ to either $\tilde\beta_t$ or $\beta_t$, the two extremes that
-# are optimal for a deterministic and for a standard-normal $x_0$ respectively. Their ratio is
-# $\tilde\beta_t / \beta_t = (1 - \bar\alpha_{t-1})/(1 - \bar\alpha_t)$: it is 1 except near
-# $t = 0$ (so the choice barely matters for samples at $T = 1000$), but the first steps dominate
-# the bound (plotted below), and with fewer steps the two bounds move apart everywhere.
-# The paper therefore learns an interpolation in the log domain:
+# are optimal for a deterministic and for a standard-normal $x_0$. Their ratio
+# $(1 - \bar\alpha_{t-1})/(1 - \bar\alpha_t)$ is 1 except near $t = 0$, but the first steps
+# dominate the bound (plotted below), and with fewer steps the bounds move apart everywhere.
+# The paper learns an interpolation in the log domain:
 #
 # $$
 # \Sigma_\theta(x_t, t) = \exp\big(v \log\beta_t + (1 - v)\log\tilde\beta_t\big),
@@ -228,16 +250,14 @@ print("learned_range: r = -1, 0, 1 give log beta_tilde, the midpoint and log bet
 # $$ (ch02-hybrid)
 #
 # and applies a **stop-gradient to $\mu_\theta$ inside $L_\text{vlb}$**: the mean is trained by
-# $L_\text{simple}$ alone (which works best for samples), the variance by $L_\text{vlb}$ alone
-# (the only term that sees it). In gcg, `training_losses` with `model_var_type="learned_range"`,
-# `loss_type="rescaled_mse"` does this: for a sampled $t$, $L_\text{vlb} \approx T\, L_t$, so
-# $\lambda L_\text{vlb}$ is the one-step term $L_t$ (in bits/dim) scaled by $T/1000$, computed
-# from the output with its mean channels detached.
+# $L_\text{simple}$ alone, the variance by $L_\text{vlb}$ alone. gcg: `training_losses` with
+# `model_var_type="learned_range"`, `loss_type="rescaled_mse"`; for a sampled $t$,
+# $\lambda L_\text{vlb} \approx \lambda T L_t$ is the one-step term $L_t$ scaled by $T/1000$.
 #
 # **Check.** With autograd: the $L_\text{vlb}$ term sends no gradient to the mean channels, and
 # the $L_\text{simple}$ term none to the variance channels.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-input"]
 hybrid = GaussianDiffusion(get_named_beta_schedule("cosine", T), model_var_type="learned_range",
                            loss_type="rescaled_mse")
 x_img = torch.rand(4, 1, 8, 8, generator=gen) * 2 - 1
@@ -261,23 +281,20 @@ assert torch.allclose(terms["loss"], terms["mse"] + terms["vb"])
 # orders of magnitude, so a uniform draw of $t$ gives a very noisy estimate of
 # $L_\text{vlb} = \sum_t L_t$. Drawing $t \sim p_t$ and weighting by $1 / p_t$ keeps the
 # estimate unbiased, $\mathbb E_{t \sim p}[L_t / p_t] = \sum_t L_t$, and its variance is smallest
-# for $p_t \propto \sqrt{\mathbb E[L_t^2]}$ (for a fixed $x_0$ the optimum is $p_t \propto L_t$). The
-# paper estimates $\mathbb E[L_t^2]$ from the last 10 losses seen at each $t$:
+# for $p_t \propto \sqrt{\mathbb E[L_t^2]}$ (exercise 3). The paper estimates $\mathbb E[L_t^2]$ from the last 10 losses seen at each $t$:
 #
 # $$
 # p_t \propto \sqrt{\mathbb E[L_t^2]}, \qquad \sum_t p_t = 1, \qquad
 # L_\text{vlb} = \mathbb E_{t \sim p_t}\!\left[\frac{L_t}{p_t}\right]
 # $$ (ch02-importance)
 #
-# (Eq. (18)), sampling uniformly until every $t$ has 10 values. gcg:
-# `gcg.resample.LossSecondMomentResampler`; its `sample` returns $t$ and the weight
-# $1/(T p_t)$ that `gcg.train` multiplies into the loss.
+# (Eq. (18)), uniform until every $t$ has 10 values. gcg: `LossSecondMomentResampler`, whose
+# `sample` returns $t$ and the weight $1/(T p_t)$ that `gcg.train` applies.
 #
-# **Check.** Feed the sampler the per-step terms of the exact toy model (section 2). Its
-# probabilities follow {eq}`ch02-importance`, the weighted estimate stays unbiased, and its
-# variance is far below the uniform estimate's.
+# **Check** on the exact toy's per-step terms (section 2): the probabilities follow
+# {eq}`ch02-importance`, the estimate stays unbiased, its variance falls far below uniform's.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-input"]
 from gcg.resample import LossSecondMomentResampler, UniformSampler
 
 history = vb[:10]  # [10 examples, T] per-step losses, 10 per t
@@ -306,10 +323,9 @@ assert estimates["importance"][1] < estimates["uniform"][1] / 3
 # %% [markdown]
 # ## 5. Log-likelihood in bits per dimension
 #
-# For 8-bit images the likelihood must be of discrete data: $x_0$ lives on the grid of 256
-# values per pixel rescaled to $[-1, 1]$, bins of width $2/255$. The decoder $L_0$ integrates the
-# last Gaussian step over the pixel's bin, with the outermost bins extended to $\pm\infty$ so
-# the 256 probabilities sum to one (Eq. (13) of {cite:t}`ho2020ddpm`):
+# For 8-bit images $x_0$ lives on a grid of 256 values per pixel in $[-1, 1]$, bins of width
+# $2/255$. The decoder $L_0$ integrates the last Gaussian step over the pixel's bin, the edge
+# bins extended to $\pm\infty$ so the 256 probabilities sum to one (Eq. (13) of {cite:t}`ho2020ddpm`):
 #
 # $$
 # p_\theta(x_0 \mid x_1) = \prod_{i=1}^D \int_{\delta_-(x_0^i)}^{\delta_+(x_0^i)}
@@ -341,10 +357,9 @@ for mu, log_std in [(0.0, -1.0), (0.93, -3.0), (-0.2, -6.0)]:
 # \tilde\beta_{S_i} = \frac{1 - \bar\alpha_{S_{i-1}}}{1 - \bar\alpha_{S_i}}\, \beta_{S_i}
 # $$ (ch02-respace)
 #
-# (Sec. 4 of the paper). A network trained on the full chain is reused as is, fed the original
-# timesteps; a learned $v$ interpolates between the *new* bounds, which is why learned variances
-# transfer to short chains. gcg: `diffusion.respace("50")` (or a `timestep_respacing=` argument),
-# with `timestep_map` from chain index to original step and `space_timesteps` for the spec.
+# (Sec. 4 of the paper). The trained network is reused as is, fed the original timesteps; a
+# learned $v$ interpolates between the *new* bounds, so learned variances transfer to short
+# chains. gcg: `diffusion.respace("50")`, with `timestep_map` to the original steps.
 
 # %%
 short = cosine.respace("50")
@@ -381,37 +396,31 @@ assert gaps[10] > 5 * gaps[1000], gaps
 print("the choice of variance matters far more with 10 steps than with 1000")
 
 # %% [markdown]
-# On short chains the small variance $\tilde\beta$ is catastrophic for the bound: each
-# respaced step is large, the true reverse conditional is much wider than $\tilde\beta$, and
-# the KL terms explode. The large variance $\beta$ is the better fixed choice here, but neither
-# is right at every step; a learned $\Sigma_\theta$ between the two bounds can be.
+# On short chains $\tilde\beta$ is catastrophic: each step is long, the true reverse
+# conditional is much wider, and the KL terms explode. $\beta$ is the better fixed choice, but
+# neither is right at every step; a learned $\Sigma_\theta$ can be.
 
 # %% [markdown]
 # ## 7. Experiment: the ablation, scaled down
 #
-# The paper's ablation (ImageNet 64×64, 200K iterations; numbers from its ablation tables)
-# trains the same network with the DDPM baseline, linear schedule + $L_\text{simple}$ with fixed
-# variances and $T = 1000$ (NLL 3.99 bits/dim, FID 32.5), and with the cosine schedule +
-# $L_\text{hybrid}$ with learned variances and $T = 4000$ (NLL 3.62, FID 28.0); it then samples
-# with fewer steps. Our analogue, sized for two CPU cores:
+# The paper's ablation (ImageNet 64×64, 200K iterations) trains one network as the DDPM
+# baseline, linear + $L_\text{simple}$, fixed variances, $T = 1000$ (NLL 3.99 bits/dim, FID
+# 32.5), and as cosine + $L_\text{hybrid}$, learned variances, $T = 4000$ (NLL 3.62, FID 28.0).
+# Our analogue:
 #
 # - the 8×8 digits, the ~1.15M-parameter `digits8_small` UNet (unconditional);
 # - model **A**: linear + $L_\text{simple}$, $\sigma^2_t = \tilde\beta_t$; model **B**: cosine +
 #   $L_\text{hybrid}$, learned $\Sigma_\theta$ (uniform $t$: gcg's default sampler; importance
 #   sampling is for $L_\text{vlb}$ alone, exercise 5);
-# - $T = 250$ for both (the paper's $T = 4000$ for B is not reproduced: with equal $T$ the
-#   comparison isolates schedule and objective), 200 training steps of batch 64 (scaled by
-#   `GCG_SCALE`), the same seed, EMA 0.99;
-# - **NLL**: the whole bound from `calc_bpd_loop` over all 250 steps, on 32 test digits quantised
-#   to 8 bits (one network pass per step and digit: a small held-out batch keeps it cheap);
-# - **few steps**: the bound of the chains respaced to 25 steps {eq}`ch02-respace`, and the
-#   sample quality of ancestral sampling on chains respaced to 25 and 50 steps: the Fréchet
-#   distance of a gcg-trained digit classifier's features between 100 samples and the test
-#   digits ("FD (domain)", not comparable to published FIDs).
+# - $T = 250$ for both (equal $T$ isolates schedule and objective), 200 training steps of
+#   batch 64 (scaled by `GCG_SCALE`), the same seed, EMA 0.99;
+# - **NLL**: the whole bound (`calc_bpd_loop`) on 32 test digits quantised to 8 bits;
+# - **few steps**: the bound of chains respaced to 25 steps {eq}`ch02-respace`, and the Fréchet
+#   distance of a digit classifier's features between 100 ancestral samples (25 and 50 steps)
+#   and the test digits ("FD (domain)", not comparable to published FIDs).
 #
-# To separate the two changes of B, we also evaluate **B's network with its variance output
-# discarded** and $\sigma^2_t$ fixed to $\tilde\beta_t$ ("B, fixed small") or $\beta_t$
-# ("B, fixed large"): same mean, different $\Sigma$.
+# To separate B's two changes we also evaluate **B's network with its variance output
+# discarded**, $\sigma^2_t = \tilde\beta_t$ ("B, fixed small") or $\beta_t$ ("B, fixed large").
 
 # %%
 import dataclasses
@@ -459,7 +468,7 @@ print(f"{'model':>15} | {'NLL bound':>9} | {'L_T':>5} | {'L_0':>6} | {'L_1..':>6
 for name, (total, prior, l0, rest, short25) in nll.items():
     print(f"{name:>15} | {total:>9.3f} | {prior:>5.3f} | {l0:>6.3f} | {rest:>6.3f} | {short25:>15.3f}")
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-input"]
 nll_a, nll_b, nll_b_small = (nll[k][0] for k in ["A, fixed small", "B, learned", "B, fixed small"])
 short = {k: v[4] for k, v in nll.items()}
 assert nll_b < nll_a, f"cosine + L_hybrid should have the better NLL bound: B {nll_b:.3f} vs A {nll_a:.3f}"
@@ -469,8 +478,7 @@ print(f"NLL bound (250 steps): B {nll_b:.2f} < B with fixed small {nll_b_small:.
 print("25-step chains: " + ", ".join(f"{k} {v:.2f}" for k, v in short.items()) + " bits/dim")
 
 # %% [markdown]
-# Now sample quality with short chains, for the model A and for B with learned and fixed
-# $\tilde\beta$ variance (same network, same starting noise).
+# Sample quality with short chains (same starting noise for every model):
 
 # %% tags=["nbval-ignore-output"]
 from gcg.features import train_feature_net
@@ -494,50 +502,42 @@ for name in ["A, fixed small", "B, learned", "B, fixed small"]:
 assert all(math.isfinite(v) and v > 0 for v in fd.values()), fd
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
+from gcg.images import plot_image_grid
+
+fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
 for ax, name in zip(axes, ["A, fixed small", "B, learned", "B, fixed small"]):
-    grid_img = samples[name, 25][:36].clamp(-1, 1).reshape(6, 6, 8, 8).permute(0, 2, 1, 3).reshape(48, 48)
-    ax.imshow(grid_img.numpy(), cmap="gray_r", vmin=-1, vmax=1)
-    ax.set(title=f"{name}, 25 steps", xticks=[], yticks=[])
+    plot_image_grid(ax, samples[name, 25][:36], nrow=6, tile=24, pad_value=0.6, title=f"{name}, 25 steps")
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# **What reproduces.** The paper's likelihood result holds at this scale (measured with
-# the stored seed 0; a prototype with the same settings gave the same numbers): cosine + $L_\text{hybrid}$ gives a clearly better
-# bound than linear + $L_\text{simple}$, and B's own network with $\tilde\beta$ in place of its
-# learned $\Sigma_\theta$ sits in between, so both changes contribute; the learned variance
-# lowers both the decoder term $L_0$ and the sum of the KL terms, where a fixed $\Sigma$ is
-# poorly matched at small $t$. On a chain respaced to 25 steps the gap becomes large: the learned variance
-# interpolates between the *respaced* $\beta$ and $\tilde\beta$, while a fixed $\tilde\beta$
-# makes every long step overconfident (the toy of section 6 showed the same). The assert above
-# checks these orderings. The margins differ: about 0.7 bits/dim between A and B, about 10
-# bits/dim on the 25-step chain against $\tilde\beta$, but only about 0.3 bits/dim against a
-# fixed $\beta$, the better fixed choice on short chains (as on the toy of section 6). We did
-# not get to check these orderings over further seeds; exercise 4 asks you to.
+# **What reproduces.** The paper's likelihood result holds at this scale: cosine + $L_\text{hybrid}$ gives a
+# clearly better bound than linear + $L_\text{simple}$, and B's own network with $\tilde\beta$
+# in place of its learned $\Sigma_\theta$ sits in between, so both changes contribute; the
+# learned variance lowers both $L_0$ and the KL terms. On a 25-step chain it interpolates
+# between the *respaced* bounds, while a fixed $\tilde\beta$ makes every long step overconfident.
+# Margins: about 0.7 bits/dim A vs B; on 25 steps about 10 against $\tilde\beta$, 0.3 against $\beta$.
 #
-# **What does not, or not clearly.** Sample quality does not reproduce the paper's ranking at this
-# scale and is not asserted. In the stored run B beats A in FD at 25 steps (5.6 against 8.5) but
-# barely at 50 (6.0 against 6.3), and B with the fixed $\tilde\beta$ is *as good as or better*
-# than B with its learned variance (4.9 against 5.6 at 25 steps), although its bound is far
-# worse: a likelihood bound and a sample metric reward different things (chapter 07). With 100
-# samples, one seed and 200 training steps we cannot tell these FD differences from sampling
-# noise, so we assert none of them. The paper's FID gain from learned variances with few
-# sampling steps comes after hundreds of thousands of training steps. Our absolute NLLs are
-# also far from the paper's: the digits have only 17 grey levels spread over 256 bins, and a
-# few hundred CPU steps are nothing like 200K.
-#
-# ```{admonition} Summary: equation → gcg
-# - {eq}`ch02-cosine` cosine schedule → `get_named_beta_schedule("cosine")`, `betas_for_alpha_bar`
-# - {eq}`ch02-learned-var` learned variance → `p_mean_variance` with `model_var_type="learned_range"`
-# - {eq}`ch02-hybrid` $L_\text{hybrid}$ with detached mean → `training_losses` with `loss_type="rescaled_mse"`
-# - {eq}`ch02-importance` importance sampling → `gcg.resample.LossSecondMomentResampler`
-# - {eq}`ch02-decoder` discretised decoder, bits/dim → `discretized_gaussian_log_likelihood`, `calc_bpd_loop`
-# - {eq}`ch02-respace` respacing → `GaussianDiffusion.respace`, `space_timesteps`
-# ```
+# **What does not, or not clearly.** Sample quality does not reproduce the paper's ranking and
+# is not asserted. B beats A in FD at 25 steps (5.6 against 8.5) but barely at 50 (6.0 against
+# 6.3), and B with the fixed $\tilde\beta$ is *as good as or better* than B with its learned
+# variance (4.9 against 5.6 at 25 steps), although its bound is far worse: a likelihood bound
+# and a sample metric reward different things (chapter 07); with 100 samples and one seed these
+# FD differences are within noise. Our absolute NLLs are far from
+# the paper's (17 grey levels spread over 256 bins; 200 steps, not 200K).
 
-# %% tags=["nbval-ignore-output"]
-print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
+# %% [markdown]
+# ## Summary
+#
+# $$
+# \Sigma_\theta = \exp\big(v \log\beta_t + (1 - v)\log\tilde\beta_t\big),\qquad
+# L_\text{hybrid} = L_\text{simple} + 0.001\, L_\text{vlb}\big(\mathrm{sg}[\mu_\theta], \Sigma_\theta\big)
+# $$
+#
+# A variance learned between its two bounds by the bound alone, with a cosine schedule that
+# spreads the loss of information evenly over $t$, tightens the likelihood and keeps short
+# respaced chains accurate. [Chapter 03](03_ddim.ipynb) shortens the chain further with a
+# deterministic sampler.
 
 # %% [markdown]
 # ## Exercises
@@ -545,15 +545,72 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
 # 1. **Resolution.** Recompute the information curves of section 1 for the digits upsampled to
 #    32×32 (`load_digits_dataset("train", image_size=32)`). Does the linear schedule still waste
 #    almost a third of its steps? Relate the answer to the eigenvalues $\lambda_k$ in
-#    {eq}`ch02-mutual-info`.
+#    {eq}`ch02-mutual-info`. (≈ 10 s on a CPU)
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    Only `lam` changes. Copying each pixel into a 4×4 block multiplies the large eigenvalues by
+#    about 16: the information survives to an SNR about 16 times lower.
+#    ```
+#
 # 2. **The $s$ offset.** Derive $\beta_1$ of the cosine schedule for $s = 0$ and for
 #    $s = 0.008$ with $T = 1000$. Why is a tiny $\beta_1$ a problem for the network, and for the
 #    decoder $L_0$?
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    $\beta_1 = 1 - f(1/T)/f(0)$; expand $\cos^2(a + \delta)$ for small $\delta$ around $a = \frac{s}{1+s}\frac{\pi}{2}$.
+#    ```
+#
+#    ```{admonition} Solution
+#    :class: dropdown
+#    With $a = \frac{s}{1+s}\frac{\pi}{2}$ and $\delta = \frac{\pi}{2T(1+s)}$,
+#    $\beta_1 = 1 - \cos^2(a + \delta)/\cos^2 a \approx 2\delta\tan a + \delta^2$. For $s = 0$,
+#    $\beta_1 = \sin^2\delta \approx (\pi / 2000)^2 \approx 2.5 \times 10^{-6}$, a noise scale
+#    $\sqrt{\beta_1} \approx 0.0016$; for $s = 0.008$, $a \approx 0.0125$ and
+#    $\beta_1 \approx 2 \cdot 0.00156 \cdot 0.0125 + 2.4 \times 10^{-6} \approx 4.1 \times 10^{-5}$,
+#    $\sqrt{\beta_1} \approx 0.0064$, comparable to a bin's half-width $1/255 \approx 0.0039$.
+#    With noise far below the quantisation step, the network must predict $\epsilon$ from
+#    perturbations finer than the data's resolution, and the decoder's Gaussian
+#    ($\sigma_1 \ll 1/255$) puts almost all its mass in one bin: $L_0$ is dominated by tiny
+#    errors of $\mu_\theta$.
+#    ```
+#
 # 3. **Optimal importance weights.** Prove that for fixed losses $L_t$ the variance of
 #    $L_t / p_t$ under $t \sim p$ is minimised by $p_t \propto L_t$, and that with random losses
 #    the minimiser is $p_t \propto \sqrt{\mathbb E[L_t^2]}$.
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    The mean $\sum_t L_t$ does not depend on $p$: minimise the second moment $\sum_t L_t^2 / p_t$ subject to $\sum_t p_t = 1$ (Cauchy-Schwarz).
+#    ```
+#
+#    ```{admonition} Solution
+#    :class: dropdown
+#    $\mathbb E_p[L_t/p_t] = \sum_t L_t$ for every $p$, so the variance is
+#    $\sum_t L_t^2/p_t - (\sum_t L_t)^2$. By Cauchy-Schwarz,
+#    $(\sum_t L_t)^2 = \big(\sum_t \frac{L_t}{\sqrt{p_t}}\sqrt{p_t}\big)^2 \le \sum_t \frac{L_t^2}{p_t}\sum_t p_t
+#    = \sum_t \frac{L_t^2}{p_t}$, with equality iff $L_t/\sqrt{p_t} \propto \sqrt{p_t}$, i.e.
+#    $p_t \propto L_t$, where the variance is zero. With random $L_t$ drawn independently of
+#    $t$, the second moment is $\sum_t \mathbb E[L_t^2]/p_t$: the same problem with $L_t^2$
+#    replaced by $\mathbb E[L_t^2]$, so $p_t \propto \sqrt{\mathbb E[L_t^2]}$.
+#    ```
+#
 # 4. **Seeds.** Re-run section 7 with `seed=1` in both training configs and a different sampling
 #    seed. Which of the printed differences survive? Which assertions would you add?
+#    (≈ 3 min on a 2-core CPU)
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    `dataclasses.replace(base, seed=1)`, and another `manual_seed` for the samples. Assert only orderings whose margin is several times the change you see between seeds.
+#    ```
+#
 # 5. **$L_\text{vlb}$ alone.** Train model B with `loss_type="rescaled_kl"` (the bound only, no
 #    $L_\text{simple}$) and `schedule_sampler="loss-second-moment"`. Compare its NLL and FD with
 #    B's; the paper found $L_\text{vlb}$ gives the best likelihood but worse samples.
+#    (≈ 2 min on a 2-core CPU)
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    The importance sampler needs 10 losses per $t$ before it leaves uniform sampling: with $T = 250$ and batch 64 that takes about 40 steps, so train a few hundred.
+#    ```
