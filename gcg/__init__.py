@@ -37,7 +37,7 @@ _EXPORTS = {
     "UNetConfig": "gcg.nn.config",
     "ClassifierConfig": "gcg.nn.config",
     "MODEL_PRESETS": "gcg.nn.config",
-    "create_model": "gcg.nn.config",
+    "create_model": "gcg.nn",
     "load_openai_checkpoint": "gcg.convert",
     "MLPConfig": "gcg.nn.mlp",
     # chapter 06: cascades

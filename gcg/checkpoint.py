@@ -1,8 +1,8 @@
-"""Training checkpoints: atomic save, load, and `load_model` rebuilding a network from the file alone.
+"""Training checkpoints: atomic save, load, and ``load_model`` rebuilding a network from the file alone.
 
-A checkpoint is a dict (saved with `torch.save`) holding:
+A checkpoint is a dict (saved with ``torch.save``) holding:
   "model_config"     network config dict (``gcg.nn.config`` ``to_dict()``, with "kind": "unet" | "classifier")
-  "diffusion_config" `gcg.diffusion.DiffusionConfig` fields as a dict
+  "diffusion_config" ``gcg.diffusion.DiffusionConfig`` fields as a dict
   "model"            the trained weights (state dict)
   "ema"              {rate: state dict} exponential moving averages
   "optimizer", "scaler", "step", "rng" (torch, cuda, numpy, python, data position), "train_config"
@@ -14,6 +14,9 @@ import re
 from pathlib import Path
 
 import torch
+
+from gcg.diffusion import DiffusionConfig
+from gcg.nn import config_from_dict, create_model, load_state_dict_checked
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d+)\.pt$")
 
@@ -66,7 +69,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 
 
 def list_checkpoints(directory) -> list[Path]:
-    """The `checkpoint_<step>.pt` files in `directory`, oldest step first (temp files ignored)."""
+    """The ``checkpoint_<step>.pt`` files in ``directory``, oldest step first (temp files ignored)."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
@@ -86,28 +89,22 @@ def checkpoint_path(directory, step: int) -> Path:
 
 def build_model(model_config: dict) -> torch.nn.Module:
     """Instantiate the network described by a config dict or config object (no weights)."""
-    from gcg.nn.config import config_from_dict, create_model
-
     if not isinstance(model_config, dict):
         model_config = model_config.to_dict()
     return create_model(config_from_dict(dict(model_config)))
 
 
 def build_diffusion(diffusion_config: dict, timestep_respacing=None):
-    from gcg.diffusion import DiffusionConfig
-
     return DiffusionConfig(**diffusion_config).build(timestep_respacing=timestep_respacing)
 
 
 def load_model(path, use_ema: bool = True, ema_rate: float | None = None, device="cpu"):
     """Rebuild `(model, diffusion)` from a checkpoint's stored configs alone; model in eval mode.
 
-    use_ema: load the EMA weights (rate `ema_rate`, default the first stored rate) when the
-    checkpoint has any, else the raw weights. `diffusion` is the GaussianDiffusion the network (or
+    use_ema: load the EMA weights (rate ``ema_rate``, default the first stored rate) when the
+    checkpoint has any, else the raw weights. ``diffusion`` is the GaussianDiffusion the network (or
     noise-aware classifier) was trained with, or None when the checkpoint stores no diffusion config.
     """
-    from gcg.nn.config import load_state_dict_checked
-
     payload = load_checkpoint(path)
     model = build_model(payload["model_config"])
     state = payload["model"]

@@ -17,7 +17,7 @@ import re
 
 import torch
 
-from gcg.nn.config import config_from_dict, create_model, get_preset
+from gcg.nn import config_from_dict, create_model, get_preset
 
 OPENAI_MODELS = (
     "64x64_diffusion", "128x128_diffusion", "256x256_diffusion", "256x256_diffusion_uncond", "512x512_diffusion",

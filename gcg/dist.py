@@ -1,7 +1,7 @@
 """Multi-process training through PyTorch's own engine (DDP), launched by ``torchrun``.
 
 ``torchrun --nproc_per_node N -m gcg.train ...`` sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
-MASTER_PORT; `init_distributed` reads them and joins the process group (NCCL on CUDA, gloo on CPU).
+MASTER_PORT; ``init_distributed`` reads them and joins the process group (NCCL on CUDA, gloo on CPU).
 Without those variables everything runs as a single process (rank 0 of 1). Only rank 0 writes files.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ class DistInfo:
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group described by torchrun's environment variables (if any).
 
-    `device`: "auto" picks cuda:LOCAL_RANK when CUDA is available, else cpu; or an explicit device.
+    ``device``: "auto" picks cuda:LOCAL_RANK when CUDA is available, else cpu; or an explicit device.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -51,26 +51,13 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world_size, local_rank, dev)
 
 
-def get_rank() -> int:
-    return torch_dist.get_rank() if torch_dist.is_initialized() else 0
-
-
 def get_world_size() -> int:
+    """Number of processes in the group (1 without torchrun)."""
     return torch_dist.get_world_size() if torch_dist.is_initialized() else 1
 
 
-def is_main_process() -> bool:
-    """True on rank 0 (the only rank that writes checkpoints, logs and images)."""
-    return get_rank() == 0
-
-
-def barrier() -> None:
-    if torch_dist.is_initialized():
-        torch_dist.barrier()
-
-
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Average `tensor` over ranks (in place); a no-op for a single process."""
+    """Average ``tensor`` over ranks (in place); a no-op for a single process."""
     if torch_dist.is_initialized() and get_world_size() > 1:
         torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
         tensor /= get_world_size()
@@ -78,5 +65,6 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def cleanup() -> None:
+    """Leave the process group (if one was joined)."""
     if torch_dist.is_initialized():
         torch_dist.destroy_process_group()

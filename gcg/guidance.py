@@ -10,14 +10,14 @@ scaled by s, to each reverse step:
   -> ``GaussianDiffusion.condition_score``.
 
 Both take the gradient through a ``cond_fn(x, t, y=...)`` built here by
-:func:`classifier_cond_fn`; the samplers in ``gcg.diffusion`` call it with the ORIGINAL timestep.
+``classifier_cond_fn``; the samplers in ``gcg.diffusion`` call it with the ORIGINAL timestep.
 
 Classifier-free guidance (Ho & Salimans 2021, Algorithms 1-2) trains one model on labels that are
-dropped to a null class with probability p_uncond (:func:`label_dropout`) and samples with
-eps_tilde = (1 + w) eps(x, c) - w eps(x)   (:class:`ClassifierFreeGuidance`).
+dropped to a null class with probability p_uncond (``label_dropout``) and samples with
+eps_tilde = (1 + w) eps(x, c) - w eps(x)   (``ClassifierFreeGuidance``).
 
 On the exact toy (``gcg.toy``), both can be checked against the true conditional p(x | y); the
-helpers :func:`class_purity` and :func:`tilted_conditional_resample` serve those checks.
+helpers ``class_purity`` and ``tilted_conditional_resample`` serve those checks.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class ClassifierFreeGuidance:
     w = 0 gives the conditional model; with exact models, w equals classifier guidance at s = 1 + w.
 
     Args:
-        model: ``model(x, t, y=..., **kw) -> [N, C or 2C, ...]`` trained with :func:`label_dropout`.
+        model: ``model(x, t, y=..., **kw) -> [N, C or 2C, ...]`` trained with ``label_dropout``.
         scale: the guidance weight w (float >= 0 in the paper; w < 0 is allowed, e.g. w = -1 gives
             the unconditional model).
         null_label: the int label meaning "no class" (``num_classes`` for a UNet built with

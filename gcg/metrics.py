@@ -1,8 +1,8 @@
 """Sample-quality metrics: FID, sFID, Inception Score, precision/recall, KID (chapter 07).
 
 Every metric here works on *features* (numpy arrays or tensors, one row per image); the networks
-that produce them live in :mod:`gcg.inception` (the FID Inception-v3) and :mod:`gcg.features`
-(a small network gcg trains on an offline data set). :mod:`gcg.evaluate` wires both together.
+that produce them live in ``gcg.inception`` (the FID Inception-v3) and ``gcg.features``
+(a small network gcg trains on an offline data set). ``gcg.evaluate`` wires both together.
 
 - Fréchet distance (Heusel et al. 2017; the closed form is Dowson & Landau 1982): the squared
   2-Wasserstein distance between two Gaussians fitted to the features,
@@ -52,7 +52,7 @@ class KernelDistance(NamedTuple):
 
 
 def _as_matrix(x, name: str, dtype=torch.float64) -> torch.Tensor:
-    """numpy array / tensor [N, D] -> CPU tensor of `dtype`, with a clear error on bad shapes."""
+    """numpy array / tensor [N, D] -> CPU tensor of ``dtype``, with a clear error on bad shapes."""
     t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
     if t.ndim != 2:
         raise ValueError(

@@ -8,7 +8,7 @@ import gcg.checkpoint as ckpt
 from gcg.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, load_model,
                             save_checkpoint)
 from gcg.diffusion import DiffusionConfig
-from gcg.nn.config import MODEL_PRESETS, create_model
+from gcg.nn import MODEL_PRESETS, create_model
 
 
 def payload(seed=0, preset="tiny"):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from gcg.convert import (convert_attention_order, gcg_to_openai, load_openai_checkpoint, openai_to_gcg,
                          reference_key_map, repack_qkv)
-from gcg.nn.config import ClassifierConfig, UNetConfig, create_model
+from gcg.nn import ClassifierConfig, UNetConfig, create_model
 
 LISTING = Path(__file__).resolve().parents[2] / "shared" / "reference" / "openai_adm_state_dict_keys.txt"
 if not LISTING.exists():  # layout of the shared reference folder next to the repository

@@ -472,7 +472,7 @@ def test_gradient_at_x_t_vs_at_mean(convergence):
 def tiny_checkpoints(tmp_path_factory):
     from gcg.checkpoint import save_checkpoint
     from gcg.diffusion import DiffusionConfig
-    from gcg.nn.config import create_model, get_preset
+    from gcg.nn import create_model, get_preset
 
     root = tmp_path_factory.mktemp("guidance_cli")
     torch.manual_seed(0)

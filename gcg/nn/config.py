@@ -1,5 +1,8 @@
 """Configs of the ADM UNet and classifier, the model presets, and checked state-dict loading.
 
+The networks import this module; it imports none of them. ``create_model`` (config -> network)
+lives in ``gcg.nn``; ``from gcg.nn.config import create_model`` keeps working.
+
 Field names follow the ADM reference flags (``model_channels`` is ``--num_channels``,
 ``attention_resolutions`` are feature-map sizes, e.g. (32, 16, 8)), so the flags of OpenAI's
 released models (guided-diffusion README) read straight into a config. Every ablation of
@@ -8,6 +11,8 @@ Dhariwal & Nichol 2021, Tables 1-3, is a field.
 
 import dataclasses
 from dataclasses import dataclass
+
+from gcg.nn.mlp import MLPConfig
 
 
 # Default channel multipliers per image size, as in the reference code.
@@ -168,8 +173,6 @@ def config_from_dict(d):
     d = dict(d)
     kind = d.pop("kind", "unet")
     if kind == "mlp":  # the vector-data denoiser of the toy preset
-        from gcg.nn.mlp import MLPConfig
-
         return MLPConfig(**d)
     cls = {"unet": UNetConfig, "classifier": ClassifierConfig}.get(kind)
     if cls is None:
@@ -234,35 +237,11 @@ MODEL_PRESETS = {
 
 
 def get_preset(name):
-    """A fresh copy of preset ``name`` (edit it freely; dataclasses.replace for variants)."""
+    """A fresh copy of preset ``name`` (edit it freely; dataclasses.replace for variants); an
+    unknown name raises ValueError listing the valid ones."""
     if name not in MODEL_PRESETS:
-        raise KeyError(f"unknown model preset {name!r}; available: {sorted(MODEL_PRESETS)}")
+        raise ValueError(f"unknown model preset {name!r}; available: {sorted(MODEL_PRESETS)}")
     return dataclasses.replace(MODEL_PRESETS[name])
-
-
-def create_model(config):
-    """Build the network of ``config`` (a UNetConfig, ClassifierConfig, dict or preset name).
-
-    Build on the meta device for free shape/parameter inspection:
-    ``with torch.device("meta"): model = create_model("256x256_diffusion")``.
-    """
-    if isinstance(config, str):
-        config = get_preset(config)
-    elif isinstance(config, dict):
-        config = config_from_dict(config)
-    if isinstance(config, UNetConfig):
-        from gcg.nn.unet import UNetModel
-
-        return UNetModel(config)
-    if isinstance(config, ClassifierConfig):
-        from gcg.nn.classifier import EncoderUNetModel
-
-        return EncoderUNetModel(config)
-    from gcg.nn.mlp import MLPConfig, MLPDenoiser
-
-    if isinstance(config, MLPConfig):
-        return MLPDenoiser(config)
-    raise TypeError(f"create_model expects a UNetConfig, ClassifierConfig, MLPConfig, dict or preset name, got {type(config)}")
 
 
 def count_parameters(model):
@@ -294,3 +273,12 @@ def load_state_dict_checked(model, state_dict):
         )
     model.load_state_dict(state_dict)
     return model
+
+
+def __getattr__(name):
+    # create_model moved to gcg.nn (it imports the networks, which import this module)
+    if name == "create_model":
+        from gcg.nn import create_model
+
+        return create_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

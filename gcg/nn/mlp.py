@@ -1,4 +1,4 @@
-"""A residual MLP denoiser for vector data [N, D]: the analytic toys of `gcg.toy` (UNets need images)."""
+"""A residual MLP denoiser for vector data [N, D]: the analytic toys of ``gcg.toy`` (UNets need images)."""
 
 import dataclasses
 from dataclasses import dataclass
@@ -31,7 +31,7 @@ class MLPDenoiser(torch.nn.Module):
     def __init__(self, cfg: MLPConfig):
         super().__init__()
         nn, width = torch.nn, cfg.hidden
-        self.cfg = cfg
+        self.config = cfg
         self.time_embed = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         rows = None if cfg.num_classes is None else cfg.num_classes + int(cfg.class_null)
         self.label_emb = None if rows is None else nn.Embedding(rows, width)
@@ -41,12 +41,17 @@ class MLPDenoiser(torch.nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(),
                                  nn.Linear(width, cfg.dim * (2 if cfg.learn_sigma else 1)))
 
+    @property
+    def cfg(self):
+        """The config under its older name; ``config``, as on the UNet and the classifier."""
+        return self.config
+
     def forward(self, x, timesteps, y=None):
-        emb = self.time_embed(timestep_embedding(timesteps, self.cfg.hidden))
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.hidden))
         if self.label_emb is not None:
             if y is None:
                 raise ValueError("this model is class-conditional: pass y [N] (the null label is "
-                                 f"{self.cfg.num_classes} when class_null=True)")
+                                 f"{self.config.num_classes} when class_null=True)")
             emb = emb + self.label_emb(y)
         h = self.inp(x)
         for block in self.blocks:
