@@ -4,6 +4,17 @@ import numpy as np
 import pytest
 import torch
 
+# Tests that take tens of seconds to minutes: the book build and the two-process DDP run.
+# Every notebook cell that nbval checks is slow too (a chapter runs for minutes).
+# `pytest -m "not slow"` is the fast development loop; plain `pytest` runs everything.
+SLOW_TEST_FILES = {"test_book.py", "test_ddp.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.suffix == ".ipynb" or item.path.name in SLOW_TEST_FILES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(autouse=True)
 def _seed_everything():
