@@ -114,7 +114,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=8, help="global batch")
     p.add_argument("--microbatch", type=int, default=0)
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--precisions", nargs="+", default=None, help="default: fp32 bf16 (+ fp16 on cuda)")
+    p.add_argument("--precisions", nargs="+", default=None, help="default: fp32 bf16 fp16 on cuda, fp32 on cpu")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--ddp", type=int, default=0, help="also run N gloo/NCCL processes (CPU: 2)")
@@ -123,7 +123,8 @@ def main(argv=None):
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak, for MFU")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
-    args.precisions = args.precisions or (["fp32", "bf16", "fp16"] if args.device == "cuda" else ["fp32", "bf16"])
+    # gcg.train computes in fp32 on a CPU whatever the config says (gcg.train.compute_precision)
+    args.precisions = args.precisions or (["fp32", "bf16", "fp16"] if args.device == "cuda" else ["fp32"])
     args.threads = torch.get_num_threads()
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({args.threads} threads)"
     print(f"preset {args.preset}, {device_name}, global batch {args.batch_size}, "
