@@ -26,6 +26,7 @@ def test_peak_lookup_by_device_name(gpu_check):
     assert gpu_check.peak_tflops("a CPU") is None
 
 
+@pytest.mark.slow  # about a minute on one core, and it launches torchrun
 def test_cpu_smoke_run_reports_every_section(gpu_check, tmp_path, capsys):
     out = tmp_path / "check.json"
     code = gpu_check.main(["--cpu-smoke", "--json", str(out)])
