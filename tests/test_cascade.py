@@ -67,6 +67,22 @@ def test_gaussian_augmentation_has_the_forward_process_moments_for_the_drawn_lev
     assert abs(corr) < 0.03  # independent of z_0: the mean is exactly sqrt(abar_s) z_0
 
 
+def test_augmentation_defaults_are_the_papers_and_every_level_from_zero_is_drawn():
+    # blur: sigma ~ U(0.4, 0.6) (CDM Sec. 3.2), the default of super_res_kwargs and of blur_augment
+    x = _images(2000, size=8)
+    out = super_res_kwargs(x, 4, augment="blur", blur_prob=1.0, generator=torch.Generator().manual_seed(2))
+    low = super_res_kwargs(x, 4, augment="none")["low_res"]
+    blurred, sigma = blur_augment(low, (0.4, 0.6), 1.0, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(out["low_res"], blurred)
+    _, default_sigma = blur_augment(low, prob=1.0, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(default_sigma, sigma) and 0.4 <= sigma.min() < 0.41 and 0.59 < sigma.max() <= 0.6
+    # Gaussian: s ~ U{0, ..., max - 1} with and without a generator, the clean level s = 0 included
+    diffusion = _diffusion(100)
+    for generator in (None, torch.Generator().manual_seed(3)):
+        s = super_res_kwargs(x[:200], 4, max_aug_level=2, diffusion=diffusion, generator=generator)["aug_level"]
+        assert set(s.tolist()) == {0.0, 1.0}
+
+
 def test_gaussian_augment_equals_q_sample_of_the_low_res_diffusion():
     diffusion = _diffusion(100)
     z0 = _images(5, size=4)

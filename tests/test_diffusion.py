@@ -240,18 +240,27 @@ def test_condition_mean_shifts_by_variance_times_gradient_at_the_chosen_point():
     x = torch.randn(4, 2, dtype=torch.float64)
     t = torch.full((4,), 30)
     out = d.p_mean_variance(TOY.eps_model(d), x, t, clip_denoised=False)
-    points = []
+    points, levels = [], []
 
     def cond_fn(point, ts):
         points.append(point)
+        levels.append(ts.tolist())
         return 2.0 * point
 
-    for cond_at, expected_point in (("x_t", x), ("mean", out["mean"])):
+    # "x_t": gradient at x_t and level t; "mean": at mu, the classifier sees the level of x_{t-1}
+    for cond_at, expected_point, level in (("x_t", x, 30), ("mean", out["mean"], 29)):
         new_mean = d.condition_mean(cond_fn, out, x, t, cond_at=cond_at)
         torch.testing.assert_close(points[-1], expected_point)
+        assert levels[-1] == [level] * 4, cond_at
         torch.testing.assert_close(new_mean, out["mean"] + out["variance"] * 2.0 * expected_point)
     with pytest.raises(ValueError, match="cond_at"):
         d.condition_mean(cond_fn, out, x, t, cond_at="x0")
+    # on a respaced chain the level is one step of THAT chain back, as an original timestep
+    respaced = d.respace("ddim10")  # chain index i <-> original timestep 10 i
+    last_steps = torch.tensor([0, 0, 1, 3])
+    respaced.condition_mean(cond_fn, respaced.p_mean_variance(TOY.eps_model(respaced), x, last_steps,
+                                                              clip_denoised=False), x, last_steps, cond_at="mean")
+    assert levels[-1] == [0, 0, 0, 20]
 
 
 # 7. bits/dim approaches the analytic NLL ----------------------------------------------------------
@@ -316,18 +325,26 @@ def test_rescaled_mse_trains_the_variance_only_through_the_vb_term():
     model = lambda x, t: outputs.append(net(x, t)) or outputs[-1]
     x = torch.rand(6, 3, 8, 8) * 2 - 1
     t = torch.tensor([0, 1, 10, 100, 200, 399])
-    terms = d.training_losses(model, x, t)
+    noise = torch.randn_like(x)
+    terms = d.training_losses(model, x, t, noise=noise)
     out = outputs[0]
     g_mse = torch.autograd.grad(terms["mse"].sum(), out, retain_graph=True)[0]
     g_vb = torch.autograd.grad(terms["vb"].sum(), out, retain_graph=True)[0]
     assert g_mse[:, 3:].abs().max() == 0 and g_mse[:, :3].abs().max() > 0  # mse: mean channels only
     assert g_vb[:, :3].abs().max() == 0 and g_vb[:, 3:].abs().max() > 0  # vb: variance channels only
-    # the vb term is lambda = T/1000 times the kl loss evaluated on the same (detached-mean) output
+    # L_hybrid = L_simple + lambda L_vlb, lambda = 1/1000 on the mean over T terms: T/1000 = 0.4 on one term
     kl = GaussianDiffusion(d.betas, model_var_type="learned_range", loss_type="kl")
-    frozen = out.detach()
-    noise_free = kl._vb_terms_bpd(lambda *a: frozen, x, d.q_sample(x, t, noise=torch.zeros_like(x)), t, clip_denoised=False)
-    assert noise_free["output"].shape == (6,)
+    vb = kl._vb_terms_bpd(lambda *a: out.detach(), x, d.q_sample(x, t, noise=noise), t, clip_denoised=False)
+    torch.testing.assert_close(terms["vb"], 0.4 * vb["output"])
+    torch.testing.assert_close(terms["mse"], ((out[:, :3] - noise) ** 2).mean(dim=(1, 2, 3)))
     torch.testing.assert_close(terms["loss"], terms["mse"] + terms["vb"])
+    # plain "mse" with a learned variance adds the bound unscaled; "rescaled_kl" multiplies the bound by T
+    mse = GaussianDiffusion(d.betas, model_var_type="learned_range", loss_type="mse")
+    torch.testing.assert_close(mse.training_losses(lambda *a: out.detach(), x, t, noise=noise)["vb"], vb["output"])
+    rescaled_kl = GaussianDiffusion(d.betas, model_var_type="learned_range", loss_type="rescaled_kl")
+    plain_kl = kl.training_losses(lambda *a: out.detach(), x, t, noise=noise)["loss"]
+    torch.testing.assert_close(rescaled_kl.training_losses(lambda *a: out.detach(), x, t, noise=noise)["loss"],
+                               400 * plain_kl)
 
 
 def test_clear_errors_for_bad_inputs():

@@ -178,6 +178,14 @@ def test_cfg_doubles_per_example_kwargs_and_supports_none_null_label():
     def toy_like(x, t, y=None):  # unconditional when y is None, like gcg.toy's exact eps models
         return x * 0.5 if y is None else x * 0.5 + y.to(x.dtype)[:, None]
 
+    # a per-example [N] kwarg is repeated for the 2N batch; a scalar (0-d) tensor is passed unchanged
+    seen = []
+    recorder = lambda x, t, y=None, aug_level=None, temperature=None: seen.append((aug_level, temperature)) or x
+    ClassifierFreeGuidance(recorder, 1.0, 3)(x, t, y=y, aug_level=torch.arange(4.0), temperature=torch.tensor(2.0))
+    aug_level, temperature = seen[0]
+    assert torch.equal(aug_level, torch.arange(4.0).repeat(2))
+    assert temperature.ndim == 0 and float(temperature) == 2.0
+
     x2 = torch.randn(3, 2, dtype=torch.float64)
     got = ClassifierFreeGuidance(toy_like, 1.5, null_label=None)(x2, torch.zeros(3, dtype=torch.long), y=torch.tensor([0, 1, 2]))
     torch.testing.assert_close(got, x2 * 0.5 + 2.5 * torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)[:, None])
@@ -211,6 +219,8 @@ def test_label_dropout_rate_reproducibility_and_edges():
     assert abs(int(dropped.sum()) - 4000) < 5 * 56.6
     with pytest.raises(ValueError, match=r"probability in \[0, 1\]"):
         label_dropout(y, 1.5, 10)
+    with pytest.raises(ValueError, match=r"1-D LongTensor of labels \[N\], got torch.Size\(\[2, 2\]\)"):
+        label_dropout(torch.zeros(2, 2, dtype=torch.long), 0.5, 10)
 
 
 def test_class_purity_hand_values():

@@ -171,6 +171,13 @@ def test_inception_score_matches_direct_formula():
     assert inception_score(p, splits=1).mean == pytest.approx(float(expected), rel=1e-12)
 
 
+def test_inception_score_uses_ten_splits_by_default():
+    logits = torch.randn(110, 10, dtype=torch.float64) * 2  # 110 divides into 10 and into 11 splits
+    default = inception_score(logits)
+    assert default == inception_score(logits, splits=10)  # the protocol of Salimans et al. 2016
+    assert default != inception_score(logits, splits=11)
+
+
 def test_inception_score_bad_splits():
     with pytest.raises(ValueError, match="splits"):
         inception_score(torch.rand(5, 3), splits=10)
@@ -227,12 +234,27 @@ def test_precision_recall_matches_brute_force():
     assert got.recall == pytest.approx(float(recall), abs=1.5 / 120)
 
 
+def test_precision_recall_counts_a_point_on_the_ball_boundary_as_inside():
+    # k = 1: the reals 0, 1, 2 have radius 1, so the fake 3 lies exactly on the ball of 2 (a tie,
+    # counted as inside, Kynkaenniemi et al. 2019 Eq. (1) uses <=) and the fake 10 outside every ball
+    real, fake = torch.tensor([[0.0], [1.0], [2.0]]), torch.tensor([[3.0], [10.0]])
+    assert precision_recall(real, fake, k=1) == (0.5, 1.0)
+    assert precision_recall(fake, real, k=1) == (1.0, 0.5)  # the same tie, on the recall side
+
+
 def test_precision_recall_bad_k():
     with pytest.raises(ValueError, match="k=5"):
         precision_recall(torch.randn(5, 2), torch.randn(10, 2), k=5)
 
 
 # ---------------------------------------------------------------- KID
+
+
+def test_kid_needs_two_features_per_set_and_works_with_two():
+    x = np.random.default_rng(11).standard_normal((2, 3))
+    assert np.isfinite(kid(x, x + 1.0).mean)  # the smallest sets the unbiased estimate allows
+    with pytest.raises(ValueError, match="at least 2"):
+        kid(x[:1], x)
 
 
 def test_kid_matches_direct_unbiased_mmd_and_detects_shift():

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from gcg.checkpoint import save_checkpoint
+from gcg.checkpoint import load_model, save_checkpoint
 from gcg.diffusion import DiffusionConfig
+from gcg.guidance import ClassifierFreeGuidance, classifier_cond_fn
 from gcg.nn.config import MODEL_PRESETS, create_model
 from gcg.sample import main, sample, save_grid, to_uint8
 
@@ -43,20 +44,31 @@ def test_cli_writes_a_valid_npz_and_grid(tiny_ckpt, tmp_path, capsys):
         np.testing.assert_array_equal(a["arr_0"], b["arr_0"])
 
 
-def test_guidance_flags_change_the_samples(tiny_ckpt, tmp_path):
+def test_guidance_flags_apply_the_guidance_they_name(tiny_ckpt, tmp_path):
+    """--cfg-scale w and --classifier/--classifier-scale s give exactly the samples of the library's
+    ClassifierFreeGuidance(model, w) and classifier_cond_fn(classifier, s) (same seed, same chain)."""
     classifier = write_checkpoint(tmp_path / "clf.pt", "tiny_classifier", seed=1, perturb=0.2)
+    model, diffusion = load_model(tiny_ckpt)
+    labels = torch.tensor([0, 1, 2, 0])
+
+    def library(guided, cond_fn=None):
+        x = diffusion.respace("5").p_sample_loop(guided, (4, 1, 8, 8), model_kwargs={"y": labels}, cond_fn=cond_fn,
+                                                 generator=torch.Generator().manual_seed(0))
+        return to_uint8(x).astype(int)
+
+    expected = {"plain": library(model), "cfg": library(ClassifierFreeGuidance(model, 3.0, model.null_label)),
+                "classifier": library(model, classifier_cond_fn(load_model(classifier)[0], 50.0))}
     runs = {"plain": [], "cfg": ["--cfg-scale", "3"],
             "classifier": ["--classifier", str(classifier), "--classifier-scale", "50"]}
-    images = {}
     for name, flags in runs.items():
         out = tmp_path / name
         assert main([str(tiny_ckpt), "--out-dir", str(out), "--num-samples", "4", "--timestep-respacing",
                      "5", "--class-labels", "0,1,2,0", "--no-progress", *flags]) == 0
         with np.load(out / "samples_4x8x8x1.npz") as data:
-            images[name] = data["arr_0"].astype(int)
+            np.testing.assert_array_equal(data["arr_0"].astype(int), expected[name], err_msg=name)
             assert data["arr_1"].tolist() == [0, 1, 2, 0]
-    assert np.abs(images["cfg"] - images["plain"]).max() > 0
-    assert np.abs(images["classifier"] - images["plain"]).max() > 0
+    assert np.abs(expected["cfg"] - expected["plain"]).max() > 0
+    assert np.abs(expected["classifier"] - expected["plain"]).max() > 0
 
 
 def test_cli_errors_are_messages(tiny_ckpt, tmp_path, capsys):

@@ -48,6 +48,11 @@ def test_schedule_errors_name_the_fix():
         get_named_beta_schedule("linear", 10)  # beta_T = 2 > 1
     with pytest.raises(ValueError, match="positive int"):
         get_named_beta_schedule("cosine", 0)
+    # the linear schedule's last beta is 0.02 * 1000 / T: T = 20 reaches beta = 1 exactly, T = 21 is the shortest
+    with pytest.raises(ValueError, match="T >= 21"):
+        get_named_beta_schedule("linear", 20)
+    assert get_named_beta_schedule("linear", 21)[-1].item() == pytest.approx(0.02 * 1000 / 21, rel=1e-12)
+    assert get_named_beta_schedule("cosine", 1).tolist() == [0.999]  # one step: alpha_bar(1) = 0, clipped
 
 
 def test_space_timesteps_even_spacing_keeps_both_ends():

@@ -268,11 +268,23 @@ def test_whole_model_sdpa_equals_explicit_attention():
         set_attention_backend(model, "flash")
 
 
-def test_small_presets_run():
-    for name in ("tiny", "digits8_small", "patch32_small", "sr32_small"):
-        model = create_model(name).eval()
-        x, t, kw = inputs(model.config)
-        assert model(x, t, **kw).shape == (2, model.config.output_channels, *x.shape[2:])
+@pytest.mark.parametrize("name", ["tiny", "digits8_small", "patch32_small", "sr32_small"])
+def test_small_presets_run(name):
+    """The CPU presets the book trains: class-conditional with a null label (sr32_small also takes the
+    low-resolution image and the augmentation level), and every one of those inputs changes the output."""
+    model = randomize(create_model(name)).eval()
+    cfg = model.config
+    x, t, kw = inputs(cfg)
+    assert set(kw) == ({"y", "low_res", "aug_level"} if name == "sr32_small" else {"y"}) and cfg.class_null
+    out = model(x, t, **kw)
+    assert out.shape == (2, cfg.output_channels, *x.shape[2:]) and torch.isfinite(out).all()
+    changed = {"t": model(x, (t + 100) % 1000, **kw),
+               "null label": model(x, t, **{**kw, "y": torch.full_like(kw["y"], cfg.num_classes)})}
+    if cfg.super_res:
+        changed["low_res"] = model(x, t, **{**kw, "low_res": kw["low_res"] + 1})
+        changed["aug_level"] = model(x, t, **{**kw, "aug_level": kw["aug_level"] + 50})
+    for what, other in changed.items():
+        assert not torch.allclose(out, other, atol=1e-4), f"{name}: changing {what} does not change the output"
 
 
 def test_channels_last_matches():
