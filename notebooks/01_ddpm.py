@@ -301,8 +301,7 @@ plt.show()
 # $$
 #
 # using $\alpha_t (1 - \bar\alpha_{t-1}) + \beta_t = \alpha_t - \bar\alpha_t + 1 - \alpha_t$.
-# The linear coefficient is $\sqrt{\alpha_t}\, x_t / \beta_t + \sqrt{\bar\alpha_{t-1}}\, x_0 / (1
-# - \bar\alpha_{t-1})$; the mean is the linear coefficient divided by the precision. Completing
+# The linear coefficient is $\sqrt{\alpha_t}\, x_t / \beta_t + \sqrt{\bar\alpha_{t-1}}\, x_0 / (1 - \bar\alpha_{t-1})$; the mean is the linear coefficient divided by the precision. Completing
 # the square:
 #
 # $$

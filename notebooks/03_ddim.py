@@ -365,8 +365,7 @@ plt.show()
 # = x_t + \beta_t \big(\tfrac12 x_t + s_\theta(x_t, t)\big) + \sqrt{\beta_t}\, z + O(\beta_t^2),
 # $$ (ch03-sde-ancestral)
 #
-# the score-SDE paper's ancestral sampler. The second form ($1/\sqrt{1 - \beta_t} = 1 + \beta_t / 2
-# + O(\beta_t^2)$) is an Euler–Maruyama step of {eq}`ch03-reverse-sde`: DDPM's sampler
+# the score-SDE paper's ancestral sampler. The second form ($1/\sqrt{1 - \beta_t} = 1 + \beta_t / 2 + O(\beta_t^2)$) is an Euler–Maruyama step of {eq}`ch03-reverse-sde`: DDPM's sampler
 # discretises a reverse **SDE**, as DDIM at $\eta = 0$ discretises an **ODE** (section 5).
 #
 # **Check.** (a) One `p_sample` step with `model_var_type="fixed_large"` ($\sigma_t^2 = \beta_t$)
@@ -604,8 +603,7 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
 #    \bar\sigma_t \epsilon_\theta$: {eq}`ch03-euler`. With $x = \sqrt{\bar\alpha}\, \bar x$ and
 #    $\bar\sigma^2 = 1/\bar\alpha - 1$, $d\bar\alpha/dt = -\beta\bar\alpha$ gives $d\bar\sigma/dt =
 #    \beta / (2\sqrt{\bar\alpha (1 - \bar\alpha)})$, so
-#    $dx/dt = -\tfrac12 \beta x + \sqrt{\bar\alpha}\, \epsilon_\theta\, d\bar\sigma/dt = -\tfrac12 \beta x
-#    + \beta \epsilon_\theta / (2\sqrt{1 - \bar\alpha}) = -\tfrac12\beta x - \tfrac12 \beta \nabla \log q_t$:
+#    $dx/dt = -\tfrac12 \beta x + \sqrt{\bar\alpha}\, \epsilon_\theta\, d\bar\sigma/dt = -\tfrac12 \beta x + \beta \epsilon_\theta / (2\sqrt{1 - \bar\alpha}) = -\tfrac12\beta x - \tfrac12 \beta \nabla \log q_t$:
 #    $f = -\tfrac12 \beta$, $g^2 = \beta$.
 #    ```
 #

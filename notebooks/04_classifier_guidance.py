@@ -402,8 +402,7 @@ assert torch.allclose(guided_mean, out["mean"] + out["variance"] * g_closed, ato
 # > **Algorithm 2** (classifier-guided DDIM sampling). Input: $y$, $s$. $x_T \sim \mathcal N(0, I)$.
 # > For $t = T, \dots, 1$: $\hat\epsilon \leftarrow \epsilon_\theta(x_t) - s\sqrt{1 - \bar\alpha_t}\,
 # > \nabla_{x_t} \log p_\phi(y \mid x_t)$;
-# > $x_{t-1} \leftarrow \sqrt{\bar\alpha_{t-1}}\, \frac{x_t - \sqrt{1 - \bar\alpha_t}\,\hat\epsilon}{\sqrt{\bar\alpha_t}}
-# > + \sqrt{1 - \bar\alpha_{t-1}}\, \hat\epsilon$. Return $x_0$.
+# > $x_{t-1} \leftarrow \sqrt{\bar\alpha_{t-1}}\, \frac{x_t - \sqrt{1 - \bar\alpha_t}\,\hat\epsilon}{\sqrt{\bar\alpha_t}} + \sqrt{1 - \bar\alpha_{t-1}}\, \hat\epsilon$. Return $x_0$.
 #
 # The paper's Algorithm 2 box omits $s$; we include it, as the reference code does. `condition_score`
 # implements {eq}`ch04-eps-hat` (recomputing $\hat x_0$ and the mean from $\hat\epsilon$); `ddim_sample`
@@ -1018,8 +1017,7 @@ else:
 #    The log of the product is $-\tfrac12 \delta^\top \Sigma^{-1} \delta + \delta^\top g + \tfrac12
 #    \delta^\top H \delta + C = -\tfrac12 \delta^\top A \delta + \delta^\top g + C$ with $A = \Sigma^{-1} - H$,
 #    positive definite when $\lVert \Sigma H \rVert < 1$. Expanding the square as in {eq}`ch04-square`,
-#    $-\tfrac12 \delta^\top A \delta + \delta^\top g = -\tfrac12 (\delta - A^{-1} g)^\top A (\delta - A^{-1} g)
-#    + \tfrac12 g^\top A^{-1} g$, so $x_t \sim \mathcal N(\mu + A^{-1} g, A^{-1})$. Since
+#    $-\tfrac12 \delta^\top A \delta + \delta^\top g = -\tfrac12 (\delta - A^{-1} g)^\top A (\delta - A^{-1} g) + \tfrac12 g^\top A^{-1} g$, so $x_t \sim \mathcal N(\mu + A^{-1} g, A^{-1})$. Since
 #    $A = \Sigma^{-1}(I - \Sigma H)$, $A^{-1} = (I - \Sigma H)^{-1} \Sigma = \Sigma + \Sigma H \Sigma +
 #    O(\lVert \Sigma H \rVert^2)\,\Sigma$: mean shift and covariance change by a relative
 #    $O(\lVert \Sigma H \rVert)$.

@@ -324,8 +324,7 @@ show(cascade_bpd)
 # so $\mathbb E\|x_0 - \hat x_0\|^2 = \|(I - GH)(x_0 - \mu)\|^2 + \operatorname{tr}(G R G^\top)$.
 # Each KL term between Gaussians with variances $\tilde\beta_t$ (true posterior) and
 # $\sigma_t^2$ (the model's fixed variance) is then
-# $\tfrac d2\big(\log\tfrac{\sigma_t^2}{\tilde\beta_t} + \tfrac{\tilde\beta_t}{\sigma_t^2} - 1\big)
-# + \tfrac{c_t^2}{2\sigma_t^2}\,\mathbb E\|x_0 - \hat x_0\|^2$ with $c_t = \beta_t
+# $\tfrac d2\big(\log\tfrac{\sigma_t^2}{\tilde\beta_t} + \tfrac{\tilde\beta_t}{\sigma_t^2} - 1\big) + \tfrac{c_t^2}{2\sigma_t^2}\,\mathbb E\|x_0 - \hat x_0\|^2$ with $c_t = \beta_t
 # \sqrt{\bar\alpha_{t-1}} / (1 - \bar\alpha_t)$, the decoder term is
 # $\tfrac d2 \log(2\pi\sigma_0^2) + \mathbb E\|x_0 - \hat x_0\|^2 / (2\sigma_0^2)$, and the prior
 # term is a KL between Gaussians. The cell below computes these sums (nothing sampled) and

@@ -192,8 +192,7 @@ for name, (got, expected) in checks.items():
 #
 # **Step 1: the means separate.** Write $X = \mu_1 + \tilde X$, $Y = \mu_2 + \tilde Y$ with
 # $\tilde X, \tilde Y$ centred. Then
-# $\mathbb E\|X - Y\|^2 = \|\mu_1 - \mu_2\|^2 + 2(\mu_1 - \mu_2)^\top \mathbb E[\tilde X - \tilde Y]
-# + \mathbb E\|\tilde X - \tilde Y\|^2$, and the middle term is zero.
+# $\mathbb E\|X - Y\|^2 = \|\mu_1 - \mu_2\|^2 + 2(\mu_1 - \mu_2)^\top \mathbb E[\tilde X - \tilde Y] + \mathbb E\|\tilde X - \tilde Y\|^2$, and the middle term is zero.
 #
 # **Step 2: only the cross-covariance is free.** With $C = \mathbb E[\tilde X \tilde Y^\top]$,
 #
