@@ -13,32 +13,36 @@
 # ---
 
 # %% [markdown]
-# # 05 — The ADM architecture
+# # 05 · The ADM architecture
 #
-# Before guidance, "Diffusion Models Beat GANs" {cite:p}`dhariwal2021beat` spends a section
-# (Sec. 3) on the denoising network itself. Starting from the UNet of improved DDPM
-# {cite:p}`nichol2021improved`, it ablates five choices on ImageNet 128×128 and reports the change
-# in FID after 700K and 1200K training steps (Table 1; baseline: 160 channels, 2 residual blocks
-# per resolution, 1 attention head, attention at 16×16 only, FID 15.33 at 700K):
+# ```{admonition} Learning goals
+# After this chapter you can
+# - read the ADM UNet from its config: resolutions, channels, skips, attention;
+# - implement AdaGN and explain why addition + GroupNorm loses the conditioning at small widths;
+# - check each part of the network against its formula;
+# - count an architecture change's parameters and FLOPs, and measure which ablations survive at 8×8.
+#
+# **Prerequisites:** [chapter 01](01_ddpm.ipynb) (the $\epsilon$-prediction network and $L_\text{simple}$), convolutions and attention.
+# ```
+#
+# Before guidance, "Diffusion Models Beat GANs" {cite:p}`dhariwal2021beat` (Sec. 3) ablates the
+# denoising network of improved DDPM {cite:p}`nichol2021improved` on ImageNet 128×128, reporting
+# the FID change after 700K and 1200K steps (Table 1; baseline: 160 channels, 2 residual blocks
+# per resolution, 1 head, attention at 16×16 only, FID 15.33 at 700K):
 #
 # | change | ΔFID 700K | ΔFID 1200K |
 # |---|---|---|
+# | 128 channels, depth 4 | −0.21 | −0.48 |
 # | 4 heads | −0.54 | −0.82 |
 # | attention at 32, 16, 8 | −0.72 | −0.66 |
 # | BigGAN up/down-sampling | −1.20 | −1.21 |
 # | rescale residual sums by 1/√2 | +0.16 | +0.25 |
-# | all of the above except rescaling | −3.14 | −3.00 |
+# | all of the above except depth and rescaling | −3.14 | −3.00 |
 #
-# Table 2 sweeps the heads (more is better, 64 channels per head chosen for wall-clock speed), and
-# Table 3 compares two ways of injecting the timestep and class: **AdaGN**, FID 13.06, against
-# **addition + GroupNorm**, FID 15.08.
-#
-# This chapter takes the network apart piece by piece. For each part — the timestep embedding,
-# the residual block with AdaGN, BigGAN up/down-sampling, multi-head attention, and the
-# classifier's attention pool — it shows the gcg code (`gcg/nn/layers.py`, `gcg/nn/unet.py`,
-# `gcg/nn/classifier.py`) and checks it numerically against the formula. It then counts the
-# parameters of OpenAI's eleven released models from gcg's presets, and finally runs a
-# scaled-down analogue of Tables 1–3 on the 8×8 digits.
+# Depth helps per step but is slower per hour (Fig. 2), so ADM drops it. Table 2 sweeps the heads
+# (64 channels per head chosen for speed); Table 3 compares **AdaGN** (FID 13.06) with
+# **addition + GroupNorm** (15.08). We check each part against its formula, count the released
+# models' parameters, and run Tables 1–3 at 8×8.
 
 # %%
 import os
@@ -67,6 +71,7 @@ from IPython.display import Markdown
 from gcg.nn import layers
 from gcg.nn.classifier import EncoderUNetModel
 from gcg.nn.config import MODEL_PRESETS, UNetConfig, count_parameters, create_model
+from gcg.nn.diagram import draw_unet, unet_levels
 from gcg.nn.unet import UNetModel
 
 
@@ -84,23 +89,13 @@ def within(err, tol):
 # %% [markdown]
 # ## The UNet at a glance
 #
-# The ADM UNet maps a noisy image $x_t$ [N, C, H, W], its timestep $t$ [N] and (optionally) a
-# class label $y$ [N] to a prediction of the noise $\epsilon$ [N, C, H, W] (twice the channels
-# when it also predicts the variance, chapter 02). Its skeleton:
-#
-# 1. an **embedding** $e = \mathrm{MLP}(\mathrm{sinusoid}(t)) + \mathrm{Embed}(y)$ of width
-#    $4 \times$ `model_channels`, fed to every residual block;
-# 2. a **down path**: per resolution, `num_res_blocks` residual blocks (followed by self-attention at
-#    the resolutions listed in `attention_resolutions`), then a halving of H and W; every output is
-#    kept as a skip connection;
-# 3. a **middle block** at the lowest resolution: residual block, attention, residual block;
-# 4. an **up path** mirroring the down path, each block concatenating one skip, with a doubling
-#    of H and W at the end of each level;
-# 5. GroupNorm, SiLU and a zero-initialised 3×3 convolution to the output channels.
-#
-# The baseline of this chapter's experiment is a small version of that network for 8×8
-# digits: 32 channels, channel multipliers (1, 2), one residual block per level, one attention
-# head at 4×4. Tracing a batch through it prints the anatomy:
+# The ADM UNet maps $x_t$ [N, C, H, W], the timestep $t$ [N] and optionally a label $y$ [N] to
+# $\hat\epsilon$ [N, C, H, W] (twice the channels with a learned variance, chapter 02). An
+# embedding $e = \mathrm{MLP}(\mathrm{sinusoid}(t)) + \mathrm{Embed}(y)$ feeds every residual
+# block; a down path of residual blocks (with self-attention at `attention_resolutions`) halves
+# H and W per level and keeps every output as a skip; a middle block; an up path that concatenates
+# one skip per block. This chapter's baseline for 8×8 digits, drawn from its config by
+# `gcg.nn.diagram.draw_unet` and traced with a batch:
 
 # %%
 BASELINE = dict(image_size=8, in_channels=1, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
@@ -135,6 +130,11 @@ for name, kind, shape in trace:
     kind = "MiddleBlock: ResBlock + Attention + ResBlock" if name == "middle_block" else kind
     print(f"{name:14s} {kind:42s} -> {list(shape)}")
 print(f"parameters: {count_parameters(baseline_net):,}")
+
+# %%
+fig = plt.figure(figsize=(7, 3.4))
+draw_unet(fig.add_subplot(), UNetConfig(**BASELINE), title="the 8×8 baseline (orange: self-attention)")
+plt.show()
 
 # %% [markdown]
 # ## The timestep embedding
@@ -189,9 +189,8 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# High channels change slowly with $t$ (they tell coarse time), low channels quickly (fine
-# time); the similarity to $t = 500$ peaks at $t = 500$ and decays with $|t - 500|$, which is what
-# lets the MLP read the time off the vector.
+# High channels tell coarse time, low channels fine time; the similarity to $t = 500$ peaks
+# there and decays with $|t - 500|$, so the MLP can read the time off the vector.
 
 # %% [markdown]
 # ## The residual block and AdaGN
@@ -212,20 +211,53 @@ plt.show()
 #
 # The paper writes AdaGN as $y_s\,\mathrm{GN}(h) + y_b$ (Sec. 3, after FiLM {cite:p}`perez2018film`); the reference code
 # and gcg parametrise the scale as $1 + y_s$, so a zero projection leaves $\mathrm{GN}(h)$ alone.
-# $\mathrm{GN}$ is GroupNorm with 32 groups, $\mathrm{Conv}_2$ starts at zero (every residual
-# block begins as the identity) and `skip` is the identity, or a 1×1 convolution when the channel
-# count changes.
+# $\mathrm{GN}$ has 32 groups, $\mathrm{Conv}_2$ starts at zero (each block begins as the
+# identity), `skip` is a 1×1 convolution when the channel count changes.
 
 # %% tags=["nbval-ignore-output"]
 show(layers.ResBlock)
 
 
 # %% [markdown]
-# The check rebuilds Eq. {eq}`ch05-resblock` from the block's own weights with
-# `torch.nn.functional`, after giving $\mathrm{Conv}_2$ random weights (at initialisation it is zero
-# and would hide errors in the branch):
+# ### Write it yourself: AdaGN
+#
+# `my_adagn(h, emb, emb_proj, norm)` takes the first convolution's output $h$ [N, C, H, W], the
+# embedding $e$ [N, E], the block's projection `emb_proj` (Linear E → 2C, giving $[y_s; y_b]$)
+# and its GroupNorm `norm` (32 groups, affine), and returns
+# $(1 + y_s)\,\mathrm{GN}(h) + y_b$ [N, C, H, W] of Eq. {eq}`ch05-resblock`, with
+# $[y_s, y_b] = \mathrm{Linear}(\mathrm{SiLU}(e))$ broadcast over H and W.
+
+# %% tags=["write-it-yourself", "hide-input"] jupyter={"source_hidden": true}
+def my_adagn(h, emb, emb_proj, norm):
+    """AdaGN: h [N, C, H, W], emb [N, E] -> (1 + y_s) * GroupNorm(h) + y_b, [N, C, H, W]."""
+    # --- solution ---
+    y_s, y_b = emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+    return (1 + y_s) * F.group_norm(h, 32, norm.weight, norm.bias, norm.eps) + y_b
+    # --- end of solution ---
+
 
 # %%
+block = layers.ResBlock(64, 256, use_scale_shift_norm=True).eval()
+seen = {}
+hooks = [block.conv1.register_forward_hook(lambda mod, inp, out: seen.update(h=out)),  # h = Conv_1(...)
+         block.conv2.register_forward_pre_hook(lambda mod, inp: seen.update(after=inp[0]))]  # SiLU(AdaGN(h))
+gen = torch.Generator().manual_seed(1)
+x, e = torch.randn(4, 64, 8, 8, generator=gen), torch.randn(4, 256, generator=gen)
+with torch.no_grad():
+    block(x, e)
+    mine = F.silu(my_adagn(seen["h"], e, block.emb_proj, block.norm2))
+for hook in hooks:
+    hook.remove()
+torch.testing.assert_close(mine, seen["after"], msg=lambda m: "AdaGN differs from gcg's ResBlock: the scale is "
+                           f"(1 + y_s), y_s is the first half of Linear(SiLU(e)), y_b the second\n{m}")
+print("my_adagn matches the AdaGN step inside gcg's ResBlock")
+
+
+# %% [markdown]
+# The whole block, Eq. {eq}`ch05-resblock`, rebuilt with `torch.nn.functional` from the block's
+# own weights, with $\mathrm{Conv}_2$ given random weights (at initialisation it is zero):
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
 def resblock_by_formula(block, x, e, adagn, rescale=False):
     """Eq. (ch05-resblock) written with torch.nn.functional and the block's own parameters."""
     gn = lambda z, norm: F.group_norm(z, 32, norm.weight, norm.bias, norm.eps)  # noqa: E731
@@ -241,7 +273,6 @@ def resblock_by_formula(block, x, e, adagn, rescale=False):
     return (skip + h) / (math.sqrt(2) if rescale else 1)
 
 
-gen = torch.Generator().manual_seed(1)
 x, e = torch.randn(4, 32, 8, 8, generator=gen), torch.randn(4, 128, generator=gen)
 for adagn in (True, False):
     for rescale in (False, True):
@@ -263,12 +294,10 @@ for adagn in (True, False):
 # \qquad \overline{y}_g = \frac{1}{|g|}\sum_{c \in g} y_c .
 # $$ (ch05-gn-add)
 #
-# Only the deviations of $y_c$ within a group survive. At 32 channels and 32 groups every group
-# is a single channel, $y_c = \overline{y}_g$, and **the timestep and the class are erased
-# entirely**; at 64 channels each pair of channels keeps one difference. AdaGN's scale and shift
-# act *after* the normalisation and always survive. On ImageNet the widths are 128–1024 (4–32
-# channels per group), so the loss there is partial; on our 32-channel digits network it is
-# total in half of the blocks:
+# Only the deviations of $y_c$ within a group survive. At 32 channels (one per group)
+# $y_c = \overline{y}_g$ and **the timestep and the class are erased entirely**. AdaGN acts
+# *after* the normalisation and always survives. At ImageNet widths (4–32 channels per group)
+# the loss is partial; in our 32-channel blocks it is total:
 
 # %%
 for channels in (32, 64, 128):
@@ -329,12 +358,10 @@ print("shapes:", tuple(down(x, e).shape), tuple(up(x, e).shape))
 # \mathrm{out} = x + W_{\mathrm{proj}}\,[\mathrm{head}_1; \dots; \mathrm{head}_H],
 # $$ (ch05-attention)
 #
-# with $q_j, k_j, v_j \in \mathbb{R}^{d \times HW}$ and the softmax over keys. Changing $H$ does
-# not change a single parameter — the same $W_{qkv}$ and $W_{\mathrm{proj}}$ are only sliced
-# differently — it trades one wide similarity for several narrow ones. ADM sets either the number
-# of heads (`num_heads`) or the channels per head (`num_head_channels`, 64 in the released
-# models, the wall-clock choice of Table 2). gcg computes the heads with PyTorch's
-# `scaled_dot_product_attention`:
+# with $q_j, k_j, v_j \in \mathbb{R}^{d \times HW}$ and the softmax over keys. Changing $H$
+# changes no parameter (the same $W_{qkv}$, $W_{\mathrm{proj}}$, sliced differently): one wide
+# similarity becomes several narrow ones. ADM sets `num_heads` or `num_head_channels` (64 in
+# the released models). gcg uses PyTorch's `scaled_dot_product_attention`:
 
 # %% tags=["nbval-ignore-output"]
 show(layers.QKVAttention)
@@ -367,28 +394,23 @@ assert count_parameters(one) == count_parameters(four), "heads do not change the
 print("AttentionBlock(64):", count_parameters(one), "parameters for 1 head and for 4 heads")
 
 # %% [markdown]
-# Where the attention sits, and how many heads it has, in the released ImageNet 64×64 model
-# (192 channels, multipliers 1, 2, 3, 4, 64 channels per head, attention at 32, 16 and 8):
+# The released ImageNet 64×64 model drawn from its preset: 64 channels per head, so the head
+# count grows with the width; attention at 32, 16 and 8 (1,024, 256 and 64 tokens):
 
 # %%
 cfg64 = MODEL_PRESETS["64x64_diffusion"]
-for level, mult in enumerate(cfg64.channel_mult):
-    res, ch = cfg64.image_size // 2 ** level, int(mult * cfg64.model_channels)
-    if res in cfg64.attention_resolutions:
-        heads = layers.resolve_num_heads(ch, cfg64.num_heads, cfg64.num_head_channels)
-        print(f"{res:2d}x{res:<2d}: {ch:3d} channels -> {heads:2d} heads of {ch // heads} channels, "
-              f"{res * res:4d} tokens")
-    else:
-        print(f"{res:2d}x{res:<2d}: {ch:3d} channels, no attention")
+assert [(lv.resolution, lv.attention_heads) for lv in unet_levels(cfg64)] == [(64, 0), (32, 6), (16, 9), (8, 12)]
+fig = plt.figure(figsize=(7, 5))
+draw_unet(fig.add_subplot(), cfg64, title="released ImageNet 64×64 diffusion model (296M parameters)")
+plt.show()
 
 # %% [markdown]
 # ## The classifier and its attention pool
 #
-# The noise-aware classifier of classifier guidance (chapter 04) is the UNet's down path and
-# middle block, followed by a head that turns the final $S \times S$ map into logits. The released
-# classifiers pool with attention (after CLIP): the $S^2$ positions plus their mean form
-# $S^2 + 1$ tokens, a learned position embedding $P$ is added, and **only the mean token
-# queries**:
+# The noise-aware classifier of chapter 04 is the UNet's down path and middle block plus a
+# head. The released classifiers pool with attention (after CLIP): the $S^2$ positions and
+# their mean form $S^2 + 1$ tokens, a learned position embedding $P$ is added, and **only the
+# mean token queries**:
 #
 # $$
 # z = [\bar x, x_1, \dots, x_{S^2}] + P,\qquad
@@ -419,12 +441,9 @@ print("digits classifier: logits", tuple(logits.shape), f"{count_parameters(clf)
 # %% [markdown]
 # ## The released models, counted from the presets
 #
-# gcg names its presets after OpenAI's released checkpoint files, with the flags from the
-# guided-diffusion README. If every switch above is implemented as in the reference code, the
-# parameter counts must equal the released ones *exactly* — a strong check of the whole
-# architecture, since a missing bias or a different channel count in any one of hundreds of
-# layers changes the total. The models are built on PyTorch's `meta` device: shapes only, no
-# memory, no time.
+# gcg's presets carry the flags of OpenAI's released checkpoints. If every switch is
+# implemented as in the reference code, the parameter counts must match *exactly*: one missing
+# bias in hundreds of layers would change the total. Built on the `meta` device (shapes only):
 
 # %%
 PUBLISHED = {  # parameters in millions (and tensors, where listed) of the released checkpoints
@@ -450,12 +469,9 @@ for name, (published, tensors) in PUBLISHED.items():
 Markdown("\n".join(rows))
 
 # %% [markdown]
-# All eleven match to the last digit published (the tensor counts in brackets are those of the
-# released 64×64 pair). The paper's appendix quotes "296M" for the ImageNet 64 model and "65M"
-# for its classifier. `gcg.load_openai_checkpoint` loads the released weights into these modules.
-#
-# Where do the 296M parameters of the 64×64 model sit? Mostly in the 3×3 convolutions of the
-# residual blocks at the two lowest resolutions, where the channels are widest:
+# All eleven match to the last digit published (tensor counts in brackets: the released 64×64
+# pair); `gcg.load_openai_checkpoint` loads the released weights into these modules. The 296M of
+# the 64×64 model sit mostly in the residual blocks' 3×3 convolutions:
 
 # %%
 with torch.device("meta"):
@@ -475,25 +491,22 @@ assert sum(shares.values()) == total
 # %% [markdown]
 # ## Experiment: Tables 1–3 at 8×8
 #
-# The same five changes, on the sklearn digits (1,437 training and 360 held-out 8×8 images,
-# class-conditional), each starting from the small baseline traced at the top:
+# Five changes on the sklearn digits (1,438 training and 359 held-out 8×8 images,
+# class-conditional), each starting from the small baseline drawn at the top:
 #
-# | variant | change to the baseline | paper |
-# |---|---|---|
-# | baseline | 32 ch, mult (1, 2), 1 res block, 1 head, attention at 4×4, conv resampling, AdaGN | FID 15.33 (Table 1) |
-# | 4 heads | `num_heads=4` (16 channels per head at 4×4) | −0.54 (Table 1) |
-# | attention at 8, 4 | `attention_resolutions=(8, 4)` | −0.72 (Table 1) |
-# | BigGAN up/down | `resblock_updown=True` | −1.20 (Table 1) |
-# | addition + GN | `use_scale_shift_norm=False` | +2.02 (Table 3: 15.08 vs 13.06) |
-# | rescale 1/√2 | `resblock_rescale=True` | +0.16 (Table 1) |
+# | variant | change to the baseline |
+# |---|---|
+# | baseline | 32 ch, mult (1, 2), 1 res block, 1 head, attention at 4×4, conv resampling, AdaGN |
+# | 4 heads | `num_heads=4` (16 channels per head at 4×4) |
+# | attention at 8, 4 | `attention_resolutions=(8, 4)` |
+# | BigGAN up/down | `resblock_updown=True` |
+# | addition + GN | `use_scale_shift_norm=False` (Table 3) |
+# | rescale 1/√2 | `resblock_rescale=True` |
 #
-# Every run trains with `gcg.train.train` for the **same number of steps** (the paper compares at
-# equal steps, 700K; a step budget is deterministic, a wall-clock budget is not, and the time per
-# step is printed below for the wall-clock view). With the same seed, all variants see the same
-# batches, timesteps and noise, so the comparison within a seed is paired; different seeds change
-# the initialisation and the data order, and show how much of a difference is noise. The score is
-# the $L_\mathrm{simple}$ loss on the held-out digits, with timesteps and noise fixed once for all
-# models (common random numbers), which makes it a low-variance comparison.
+# Every run trains with `gcg.train.train` for the **same number of steps**, as the paper
+# compares at 700K. With the same seed all variants see the same batches, timesteps and noise
+# (a paired comparison); a second seed shows how much of a difference is noise. The score is
+# $L_\mathrm{simple}$ on the held-out digits with timesteps and noise fixed once for all models.
 
 # %%
 from gcg.data import load_digits_dataset
@@ -505,6 +518,7 @@ from gcg.train import train
 
 train_set, test_set = load_digits_dataset("train"), load_digits_dataset("test")
 x_test, y_test = test_set.as_tensors()
+assert (len(train_set), len(x_test)) == (1438, 359)
 STEPS = int(round(120 * GCG_SCALE))  # optimizer steps per run, batch 32
 SEEDS = (0, 1)
 NUM_SAMPLES = int(round(200 * GCG_SCALE))  # DDIM-10 samples per run for FD
@@ -523,7 +537,7 @@ PAPER = {"baseline": "15.33 (FID)", "4 heads": "−0.54", "attention at 8, 4": "
 
 
 def heldout_loss(model, diffusion, seed=1234, repeats=4):
-    """Mean L_simple on the 360 held-out digits, t and noise drawn once from a fixed generator."""
+    """Mean L_simple on the 359 held-out digits, t and noise drawn once from a fixed generator."""
     g = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     total = 0.0
@@ -561,12 +575,10 @@ real_features = feature_net.extract(x_test)["pool"]
 runs = [run(variant, seed) for seed in SEEDS for variant in VARIANTS]
 
 # %% [markdown]
-# The held-out loss of every run, its paired change against the baseline of the same seed, the
-# parameter count, the time per step on this machine, the Fréchet distance between 200 DDIM-10
-# samples and the 360 held-out digits on the features of a small classifier trained on the
-# digits (`gcg.features`; "FD on domain features", not comparable to FID), and the paper's FID
-# change beside it (FID and loss are both lower-is-better, so the signs compare; the magnitudes
-# do not):
+# Held-out loss per run, its paired change against the same seed's baseline, the time per step
+# on this machine, the Fréchet distance between 200 DDIM-10 samples and the 359 held-out digits
+# on a small digit classifier's features (`gcg.features`, not comparable to FID), and the paper's
+# FID change (both lower-is-better: signs compare, magnitudes do not):
 
 # %% tags=["nbval-ignore-output"]
 by = {(r["variant"], r["seed"]): r for r in runs}
@@ -579,44 +591,42 @@ for v in VARIANTS:
     sec = np.mean([by[v, s]["seconds_per_step"] for s in SEEDS])
     fds = " / ".join(f"{by[v, s]['fd']:.2f}" for s in SEEDS)
     rows.append(f"| {v} | {by[v, SEEDS[0]]['params']:,} | {sec:.3f} | {losses} | {changes} | {fds} | {PAPER[v]} |")
+neutral = max(abs(d) for v in VARIANTS if v not in ("baseline", "addition + GN") for d in delta[v])
+flips = [v for v in VARIANTS if v != "baseline" and min(delta[v]) < 0 < max(delta[v])]
+print(f"addition + GN: {min(delta['addition + GN']):+.4f} to {max(delta['addition + GN']):+.4f}; every other change "
+      f"within ±{neutral:.4f}; sign changes between seeds: {', '.join(flips) or 'none'}")
 Markdown("\n".join(rows))
 
 # %% tags=["nbval-ignore-output"]
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
 for i, v in enumerate(VARIANTS):
-    steps = [h["step"] for h in by[v, SEEDS[0]]["history"]]
+    steps = np.array([h["step"] for h in by[v, SEEDS[0]]["history"]])
     curve = np.mean([[h["loss"] for h in by[v, s]["history"]] for s in SEEDS], axis=0)
     base = np.mean([[h["loss"] for h in by["baseline", s]["history"]] for s in SEEDS], axis=0)
-    axes[0].plot(steps, curve, label=v, color=f"C{i}")
-    axes[1].plot(steps, curve - base, color=f"C{i}")
-axes[0].set(xlabel="step", ylabel="training loss (10-step mean)", yscale="log", title="loss curves, mean of seeds")
-axes[1].set(xlabel="step", ylabel="minus baseline", title="paired difference to the baseline")
-axes[1].axhline(0, color="k", lw=0.5)
+    seconds = steps * np.mean([by[v, s]["seconds_per_step"] for s in SEEDS])
+    axes[0].plot(steps, curve - base, label=v, color=f"C{i}")
+    axes[1].plot(seconds, curve, color=f"C{i}")
+axes[0].set(xlabel="step", ylabel="loss minus baseline", title="paired difference to the baseline, by step")
+axes[0].axhline(0, color="k", lw=0.5)
+axes[1].set(xlabel="training time on this machine (s)", ylabel="training loss (10-step mean)", yscale="log",
+            title="by wall clock (the view of ADM's Fig. 2)")
 axes[0].legend(fontsize=7)
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# What the runs show (the numbers above are this execution's; the statements below were checked
-# on three seeds, 0–2, while writing the chapter):
+# What the runs show (the line above the table gives this execution's spread):
 #
-# - **Addition + GroupNorm is clearly worse** than AdaGN: +0.014 to +0.017 held-out loss in every
-#   seed, ten times the spread of the other changes (and a higher FD in our development runs).
-#   The direction is the
-#   paper's (Table 3), but the size is not comparable: at 32 channels GroupNorm erases the
-#   embedding completely (Eq. {eq}`ch05-gn-add`), so half of our blocks see neither $t$ nor $y$,
-#   whereas ImageNet-width blocks lose only the group means.
-# - **Residual rescaling by 1/√2** raised the held-out loss in all three development seeds, the
-#   paper's direction, but only by about 0.001 — as small as the seed-to-seed scatter of the
-#   other changes. We report it and do not assert it.
-# - **4 heads, attention at 8×8 as well, BigGAN up/down**: the paired changes flip sign between
-#   seeds (±0.002). At 120 steps on 8×8 digits these choices are not measurable; the paper needed
-#   700K steps on ImageNet 128 to separate them by about 1 FID. What *is* solid at this scale is
-#   their cost: 4 heads and rescaling add no parameters, BigGAN blocks add ~9% parameters here,
-#   and attention at 8×8 (64 tokens instead of 16) costs the most time per step on our CPU.
+# - **Addition + GroupNorm is clearly worse** than AdaGN in both seeds, by about ten times the
+#   spread of the other changes. The direction is the paper's (Table 3), the size is not
+#   comparable: at 32 channels GroupNorm erases the embedding completely
+#   (Eq. {eq}`ch05-gn-add`), whereas ImageNet-width blocks lose only the group means.
+# - **Every other change** moves the held-out loss by about 0.002 at most, the size of the
+#   seed-to-seed scatter; the line above lists those whose sign differs between the two seeds.
+#   Where the sign is the paper's in both seeds, two seeds at this margin are no evidence; the
+#   paper needed 700K ImageNet steps to separate these changes by about 1 FID (exercise 4).
 #
-# The cell below asserts only the claim that held with a wide margin in every seed, plus the
-# structural facts.
+# The cell below asserts only the claim that holds with a wide margin, plus structural facts.
 
 # %%
 other = [abs(d) for v in ("4 heads", "attention at 8, 4", "BigGAN up/down") for d in delta[v]]
@@ -629,31 +639,103 @@ assert params["BigGAN up/down"] > params["baseline"] > params["addition + GN"]
 print("AdaGN beats addition + GN in every seed; parameter counts as expected")
 
 # %% [markdown]
-# Samples of the baseline and of the addition + GN network (seed 0, DDIM with 10 steps, one
-# column per class 0–9). After 120 steps both are rough; compare how often each column shows the
-# digit it was asked for (exercise 5 makes this quantitative with the feature network):
+# ### The cost side: depth, heads and the wall clock
+#
+# Depth (Table 1's first row) helps per step but loses per hour (Fig. 2); 64 channels per head
+# won Table 2 on speed. Training more variants does not fit this chapter's budget, so for depth
+# and the head sweep we measure the cost: parameters, FLOPs of one training step of batch 32
+# (`torch.utils.flop_counter`, machine-independent) and its time (this machine's, not asserted).
+
+# %% tags=["nbval-ignore-output"]
+from torch.utils.flop_counter import FlopCounterMode
+
+COSTS = {"baseline (1 head × 64 ch)": {}, "2 heads × 32 ch": dict(num_heads=2), "4 heads × 16 ch": dict(num_heads=4),
+         "8 heads × 8 ch": dict(num_heads=8), "depth 2": dict(num_res_blocks=2),
+         "attention at 8, 4": dict(attention_resolutions=(8, 4)), "BigGAN up/down": dict(resblock_updown=True)}
+g = torch.Generator().manual_seed(0)
+xb, tb, yb = torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 1000, (32,), generator=g), torch.arange(32) % 10
+
+
+def training_step(net):
+    net.zero_grad()
+    net(xb, tb, y=yb).square().mean().backward()
+
+
+cost = {}
+for name, change in COSTS.items():
+    net = UNetModel(UNetConfig(**{**BASELINE, **change}))
+    with FlopCounterMode(display=False) as counter:
+        training_step(net)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        training_step(net)
+        times.append(time.perf_counter() - start)
+    cost[name] = (count_parameters(net), counter.get_total_flops(), min(times))
+rows = ["| network | params | GFLOP per step | ms per step (this machine) |", "|---|---|---|---|"]
+rows += [f"| {n} | {p:,} | {f / 1e9:.2f} | {1e3 * t:.0f} |" for n, (p, f, t) in cost.items()]
+Markdown("\n".join(rows))
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+heads_rows = [n for n in COSTS if "heads" in n or n.startswith("baseline")]
+base_params, base_flops, _ = cost["baseline (1 head × 64 ch)"]
+assert all(cost[n][:2] == (base_params, base_flops) for n in heads_rows), "heads change neither parameters nor FLOPs"
+depth_ratio = cost["depth 2"][1] / base_flops
+assert depth_ratio > 1.3 and cost["depth 2"][0] > 1.3 * base_params, depth_ratio
+assert cost["attention at 8, 4"][1] > base_flops and cost["BigGAN up/down"][1] > base_flops
+print(f"heads 1-8: identical parameters and FLOPs; depth 2: {depth_ratio:.2f}x the FLOPs of a step, "
+      f"attention at 8, 4: {cost['attention at 8, 4'][1] / base_flops:.2f}x, "
+      f"BigGAN: {cost['BigGAN up/down'][1] / base_flops:.2f}x")
+
+# %% [markdown]
+# Depth multiplies the work of every step: to win per hour a deeper network must gain more than
+# its extra compute, ADM's reason to drop it. Heads change no parameter and no FLOP
+# (exercise 2); differences in time come from how kernels handle many small matrices, what
+# Table 2's wall-clock choice measured on GPUs. The sweep at ImageNet width, 512 channels over
+# 16×16 tokens:
+
+# %% tags=["nbval-ignore-output"]
+xa = torch.randn(2, 512, 16, 16, generator=g)
+for head_channels in (32, 64, 128, 512):
+    block = layers.AttentionBlock(512, num_head_channels=head_channels).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        block(xa)
+    times = []
+    with torch.no_grad():
+        for _ in range(5):
+            start = time.perf_counter()
+            block(xa)
+            times.append(time.perf_counter() - start)
+    print(f"{512 // head_channels:2d} head(s) x {head_channels:3d} channels: {counter.get_total_flops() / 1e9:.2f} GFLOP, "
+          f"{1e3 * min(times):5.1f} ms")
+
+# %% [markdown]
+# Samples of the baseline and the addition + GN network (seed 0, DDIM-10, one column per
+# requested class). Both are rough after 120 steps; compare how often a column shows its digit
+# (exercise 5 measures it):
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+from gcg.images import plot_image_grid
+
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.9))
 for ax, v in zip(axes, ("baseline", "addition + GN")):
-    grid = by[v, SEEDS[0]]["samples"][:60, 0].reshape(6, 10, 8, 8).permute(0, 2, 1, 3).reshape(48, 80)
-    ax.imshow(grid.clamp(-1, 1), cmap="gray_r", vmin=-1, vmax=1)
-    ax.set(title=f"{v} (seed {SEEDS[0]})", xticks=[], yticks=[])
+    plot_image_grid(ax, by[v, SEEDS[0]]["samples"][:50], nrow=10, tile=24, pad_value=0.6,
+                    col_labels=[str(c) for c in range(10)], title=f"{v} (seed {SEEDS[0]})")
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
 # ## Summary
 #
-# - The ADM UNet is a handful of parts, each a switch in `UNetConfig`: the sinusoidal timestep
-#   embedding (Eq. {eq}`ch05-sinusoid`), residual blocks with AdaGN (Eq. {eq}`ch05-resblock`),
-#   BigGAN residual resampling that starts as plain resampling (Eq. {eq}`ch05-biggan`),
-#   multi-head attention whose head count changes no parameter (Eq. {eq}`ch05-attention`), and,
-#   in the classifier, attention pooling from the mean token (Eq. {eq}`ch05-attnpool`).
-# - gcg's presets reproduce the parameter counts of all eleven released models exactly.
-# - At 8×8 and 120 steps, only the AdaGN-vs-addition ablation separates from seed noise, and it
-#   does so for a reason the small width exaggerates; the other Table 1 effects need far more
-#   training than a CPU chapter allows (exercise 4).
+# $$
+# \mathrm{AdaGN}(h, e) = (1 + y_s)\,\mathrm{GroupNorm}(h) + y_b,\qquad [y_s, y_b] = \mathrm{Linear}(\mathrm{SiLU}(e))
+# $$
+#
+# The ADM UNet is a handful of switches in `UNetConfig` (sinusoidal embedding, AdaGN residual
+# blocks, BigGAN resampling, multi-head attention at chosen resolutions) whose parameter counts
+# match all eleven released models exactly; at 8×8 only AdaGN's advantage over addition +
+# GroupNorm separates from seed noise, and the other changes are best judged by their counted
+# cost. [Chapter 06](06_cascaded_diffusion.ipynb) stacks such UNets into a cascade.
 #
 # ## Exercises
 #
@@ -661,20 +743,68 @@ plt.show()
 #    $\mathrm{GN}(h + y) = \mathrm{GN}(h)$ whenever each group holds one channel. For $g$ channels
 #    per group and i.i.d. $y_c$, show that the expected fraction of $\lVert y \rVert^2$ that
 #    survives the mean subtraction is $(g-1)/g$, and check it numerically with
-#    `layers.GroupNorm32`.
-# 2. **Heads cost no parameters — and no FLOPs?** Count the multiply-adds of
-#    Eq. {eq}`ch05-attention` for $H$ heads over $T$ tokens and $C$ channels. Why did the paper
-#    still choose 64 channels per head "for wall-clock efficiency" (Table 2)? Time
-#    `layers.AttentionBlock(256, num_heads=h)` on a 16×16 map for h = 1, 4, 16.
+#    `layers.GroupNorm32`. (seconds on a CPU)
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    $y$ is constant over positions, so it shifts the group mean by $\bar y_g$ and leaves the group variance of $h + y - \bar y_g$ to the within-group spread of $y$.
+#    ```
+#
+#    ```{admonition} Solution
+#    :class: dropdown
+#    With one channel per group, $\bar y_g = y_c$, so $h_c + y_c - \overline{(h + y)}_g = h_c - \bar h_g$
+#    and the variance over the group is that of $h$: $\mathrm{GN}(h + y) = \mathrm{GN}(h)$. With $g$
+#    channels, what survives is $y_c - \bar y_g$, and
+#    $\mathbb E\sum_{c \in g}(y_c - \bar y_g)^2 = (g - 1)\sigma^2$ (the unbiased-variance identity)
+#    against $\mathbb E\sum_{c \in g} y_c^2 = g\sigma^2$ for zero-mean $y_c$: a fraction $(g-1)/g$.
+#    ```
+#
+# 2. **Heads cost no FLOPs.** Count the multiply-adds of Eq. {eq}`ch05-attention` for $H$ heads
+#    over $T$ tokens and $C$ channels, and compare with the FLOP counts of the cost table.
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    Count the qkv and output projections, then $q_j^\top k_j$ and $v_j\,\mathrm{softmax}(\cdot)^\top$ for one head of $d = C/H$ channels, and multiply by $H$.
+#    ```
+#
+#    ```{admonition} Solution
+#    :class: dropdown
+#    The projections cost $3C^2T + C^2T$. Per head, $q_j^\top k_j$ is $T \times d$ times $d \times T$:
+#    $T^2 d$ multiply-adds, and so is the weighted sum of values; over $H$ heads,
+#    $2HT^2d = 2T^2C$. Total $4C^2T + 2T^2C$, independent of $H$ (the softmax, $HT^2$
+#    exponentials, is the only term that grows with $H$, and is not a matrix product).
+#    ```
+#
 # 3. **One residual block by hand.** Write the parameter count of
 #    `layers.ResBlock(C, 4C, use_scale_shift_norm=True)` as a polynomial in $C$ and check it with
-#    `count_parameters` for C = 192 (the ImageNet 64 width). What share of the 296M is that
-#    polynomial times the number of blocks at each level?
-# 4. **Does the ablation sharpen with training?** Run the experiment at `GCG_SCALE=10` (on a GPU,
-#    1,200 steps) with seeds 0–4 and compute, per variant, the mean paired difference divided by
-#    its standard error. Which of the Table 1 effects emerge from the noise, and in which
-#    direction?
+#    `count_parameters` for C = 192 (the ImageNet 64 width). (seconds on a CPU)
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    Two GroupNorms ($2C$ each), two 3×3 convolutions ($9C^2 + C$ each), the embedding projection $4C \to 2C$ with bias, identity skip.
+#    ```
+#
+#    ```{admonition} Solution
+#    :class: dropdown
+#    $4C + 2(9C^2 + C) + (8C^2 + 2C) = 26C^2 + 8C$; for $C = 192$: $958{,}464 + 1{,}536 = 960{,}000$.
+#    ```
+#
+# 4. **Does the ablation sharpen with training, and is depth worth it?** Add
+#    `"depth 2": dict(num_res_blocks=2)` to `VARIANTS`, run at `GCG_SCALE=10` with seeds 0–4,
+#    and compute each variant's mean paired difference over its standard error. Which Table 1
+#    effects emerge? Plot depth 2 by wall clock, as in Fig. 2. (needs a GPU; ≈ 1 h on 2 CPU cores)
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    The standard error is the standard deviation over $\sqrt 5$; a ratio above about 3 is a real change.
+#    ```
+#
 # 5. **Wider blocks, smaller AdaGN gap.** Set `model_channels=64` in `BASELINE` (two channels per
 #    GroupNorm group) and rerun the AdaGN-vs-addition pair. Does the gap shrink as exercise 1
 #    predicts? Measure also the class accuracy of the samples under `feature_net`: does the
-#    addition network ignore the label more often?
+#    addition network ignore the label more often? (≈ 2 min on a 2-core CPU)
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    `feature_net` is a classifier: take the argmax of its logits on the samples and compare with `SAMPLE_LABELS`.
+#    ```
