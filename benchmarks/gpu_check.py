@@ -310,7 +310,7 @@ def section_train_resume(setting, budget, rows, workdir):
         train(dataclasses.replace(config, out_dir=str(run_dir), max_steps=2), progress=False, dataset=dataset)
         resumed = train(dataclasses.replace(config, out_dir=str(run_dir)), progress=False, dataset=dataset,
                         resume=True)
-        diff = max(float((a - b).abs().max()) for a, b in zip(straight.model.parameters(),
+        diff = max(float((a - b).detach().abs().max()) for a, b in zip(straight.model.parameters(),
                                                                  resumed.model.parameters()))
         finite = all(math.isfinite(h["loss"]) for h in resumed.history)
         rows.append(row("train_resume", f"{precision}: 3 steps vs 2 + resume, max |dw|", diff, "abs",
