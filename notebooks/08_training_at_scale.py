@@ -13,29 +13,30 @@
 # ---
 
 # %% [markdown]
-# # 08 — Training at scale
+# # 08 · Training at scale
 #
-# Every earlier chapter trained on a laptop CPU in minutes. The models behind the papers' tables
-# did not: the ImageNet 64×64 model of "Diffusion Models Beat GANs" {cite:p}`dhariwal2021beat`
-# has 296M parameters and was trained for 540K steps at a batch of 2048 images, and it reaches
-# **FID 2.07** (ADM with dropout, Table 5; 2.61 without dropout, 2.92 for improved DDPM).
-# This chapter is the bridge from the CPU lessons to that recipe. It answers five practical
-# questions, each with gcg code and a check that runs on a CPU:
+# ```{admonition} Learning goals
+# After this chapter you can
+# - read the paper's ImageNet 64×64 recipe off `python -m gcg.train --preset imagenet64` and check
+#   it against the appendix, field by field;
+# - estimate a run's compute (FLOPs per image, GPU-days at a given utilisation) and its memory
+#   (optimizer states against activations);
+# - implement the EMA update, and explain why gradient accumulation and DDP leave the update
+#   unchanged;
+# - resume an interrupted run bit-exactly, and take a checkpoint to samples and metrics, OpenAI's
+#   released weights included.
 #
-# 1. **What exactly is the recipe?** The `imagenet64` preset of `python -m gcg.train`, field by
-#    field against the paper's appendix.
-# 2. **What does it cost?** Parameters, FLOPs per training image, the images per second needed to
-#    finish 540K steps in a given number of days, and the memory of weights, Adam states, EMA and
-#    activations, in full and mixed precision.
-# 3. **How does it run on many GPUs?** `torchrun`, DDP, per-rank data sharding and gradient
-#    accumulation to reach the global batch on any number of devices.
-# 4. **What if the job dies?** Checkpoints and an exact resume.
-# 5. **What comes out?** The sampling → `.npz` → evaluation pipeline, and OpenAI's released
-#    checkpoints loaded into gcg's networks.
+# **Prerequisites:** [chapter 02](02_improved_ddpm.ipynb) ($L_\text{hybrid}$, learned variance),
+# [chapter 05](05_adm_architecture.ipynb) (the ADM UNet), [chapter 07](07_measuring_samples.ipynb)
+# (the metrics); a PyTorch training loop (autograd, an optimizer).
+# ```
 #
-# Everything executable here runs at toy scale on a CPU; the GPU-sized commands are shown next to
-# it, and GPU-scale speed comes from the benchmark scripts (`benchmarks/`), quoted from their
-# recorded figures.
+# Every earlier chapter trained on a CPU in minutes. The ImageNet 64×64 model of "Diffusion
+# Models Beat GANs" {cite:p}`dhariwal2021beat` has 296M parameters, was trained for 540K steps at
+# a batch of 2048 images, and reaches **FID 2.07** (ADM with dropout, Table 5; 2.61 without
+# dropout, 2.92 for improved DDPM). This chapter bridges the two: the recipe (section 1), its cost
+# (2), many GPUs (3), resuming (4), and samples to metrics (5, 6). Everything executable runs at
+# toy scale on a CPU; the GPU-sized commands stand next to it.
 
 # %%
 import os
@@ -54,11 +55,11 @@ torch.set_printoptions(precision=4, sci_mode=False)
 
 # %%
 import contextlib
+import copy
 import dataclasses
 import inspect
 import io
 import json
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -75,7 +76,6 @@ from gcg.features import save_feature_net, train_feature_net
 from gcg.nn.config import MODEL_PRESETS, count_parameters, create_model
 from gcg.presets import apply_overrides, get_preset
 
-REPO = Path("..").resolve()  # notebooks run with notebooks/ as working directory
 WORK = Path(tempfile.mkdtemp(prefix="gcg_ch08_"))  # every file this chapter writes goes here
 
 
@@ -96,25 +96,23 @@ def params(model):
 # %% [markdown]
 # ## 1. The recipe, line by line
 #
-# The appendix of the paper {cite:p}`dhariwal2021beat` gives the ImageNet 64×64 diffusion model as:
+# The paper's appendix {cite:p}`dhariwal2021beat` gives the ImageNet 64×64 diffusion model as:
 # T = 1000 steps of the cosine schedule {cite:p}`nichol2021improved`, 296M parameters,
 # 192 channels, depth 3 (residual blocks per resolution), channel multipliers 1, 2, 3, 4,
 # 64 channels per attention head, attention at 32, 16 and 8, BigGAN up/down-sampling,
-# dropout 0.1, batch 2048, 540K iterations, learning rate 3·10⁻⁴; all models use Adam(W) with
+# dropout 0.1, batch 2048, 540K iterations, learning rate 3·10⁻⁴, Adam(W) with
 # β = (0.9, 0.999), an EMA of rate 0.9999 and fp16 with loss scaling. The variance is learned with
 # the hybrid loss of improved DDPM,
 #
 # $$ L_\text{hybrid} = L_\text{simple} + \lambda L_\text{vlb}, \qquad \lambda = 0.001. $$ (ch08-hybrid)
 #
-# In gcg (as in the ADM reference code) this is `model_var_type="learned_range"` with
-# `loss_type="rescaled_mse"`: each example adds its variational term $L_t$ (for its uniformly
-# drawn $t$) times $T/1000$, whose expectation is $\frac{T}{1000}\,\mathbb{E}_t[L_t] =
-# 0.001 \sum_t L_t = \lambda L_\text{vlb}$ — exactly {eq}`ch08-hybrid` (chapter 02 derives it).
+# In gcg (as in the ADM code) this is `model_var_type="learned_range"` with
+# `loss_type="rescaled_mse"`: each example adds its variational term $L_t$ times $T/1000$, whose
+# expectation over uniform $t$ is $0.001 \sum_t L_t = \lambda L_\text{vlb}$ (chapter 02).
 #
-# The whole recipe is one preset of the trainer, `python -m gcg.train --preset imagenet64`. The
-# network fields come from `gcg.nn.config.MODEL_PRESETS["64x64_diffusion"]`, made consistent with
-# the data (3 channels, 1000 classes) and the objective (learned σ doubles the output channels)
-# by the same function the trainer calls, `build_model_config`:
+# The whole recipe is one preset, `python -m gcg.train --preset imagenet64`. Its network is
+# `MODEL_PRESETS["64x64_diffusion"]`, made consistent with the data (3 channels, 1000 classes) and
+# the objective (learned σ doubles the output channels) by `build_model_config`, as the trainer does:
 
 # %%
 recipe = get_preset("imagenet64")
@@ -124,9 +122,8 @@ print({k: v for k, v in recipe.to_dict().items() if k not in ("description",)})
 assert network == MODEL_PRESETS["64x64_diffusion"], "the trainer must build the released network"
 
 # %% [markdown]
-# Adam's β, the loss scaler and the EMA are objects built by `gcg.train.setup`. To read them off
-# without a 296M-parameter model, build the same preset with only the network and data swapped for
-# toy ones (every optimisation field stays the preset's):
+# Adam's β, the loss scaler and the EMA are built by `gcg.train.setup`. To read them off without a
+# 296M-parameter model, build the preset with only the network and data swapped for toy ones:
 
 # %%
 toy_images = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -165,12 +162,13 @@ Markdown("\n".join(rows))
 # %%
 mismatches = [(item, paper, ours) for item, paper, ours, _ in PAPER if paper != ours]
 assert not mismatches, f"imagenet64 preset differs from the paper's appendix: {mismatches}"
+print(gcg_train.precision_notice(state))  # the probe was built on a CPU
+assert state.precision == "fp32" and gcg_train.compute_precision("fp16", "cuda") == "fp16"
 
 # %% [markdown]
 # The guidance classifier has its own recipe (appendix: 65M parameters, 128 channels, depth 4,
-# multipliers 1, 2, 3, 4, 64 channels per head, attention at 32, 16, 8, BigGAN up/down, attention
-# pooling at 8×8, weight decay 0.2, batch 1024, 300K iterations, learning rate 6·10⁻⁴), trained on
-# noisy images $x_t \sim q(x_t \mid x_0)$ of the same cosine schedule (chapter 04):
+# attention pooling at 8×8, weight decay 0.2, batch 1024, 300K iterations, learning rate 6·10⁻⁴;
+# the rest as above), trained on noisy images $x_t \sim q(x_t \mid x_0)$ (chapter 04):
 
 # %%
 clf_recipe = get_preset("imagenet64-classifier")
@@ -191,9 +189,9 @@ assert all(paper == ours for _, paper, ours in CLASSIFIER_PAPER), CLASSIFIER_PAP
 assert clf_net == MODEL_PRESETS["64x64_classifier"]
 
 # %% [markdown]
-# Two settings are gcg's choices, not the paper's: `microbatch=64` (examples per forward pass:
-# a memory knob that does not change the update, Section 3) and the checkpoint/sample cadence.
-# Without the data the trainer stops at once and says what it expected where:
+# gcg's own choices: `microbatch=64` (a memory knob that does not change the update, section 3),
+# the checkpoint/sample cadence, and fp32 compute on a CPU, where 16-bit autocast is several times
+# slower (the notice printed above). Without the data the trainer says what it expected:
 
 # %%
 status = gcg_train.main(["--preset", "imagenet64", "--data-dir", "missing/imagenet64", "--no-progress"])
@@ -206,8 +204,8 @@ assert status == 2
 # ### Parameters and FLOPs
 #
 # A network built on PyTorch's `meta` device has shapes but no storage, so the 296M-parameter
-# model costs nothing to instantiate. gcg's preset has exactly the parameter count of OpenAI's
-# released `64x64_diffusion.pt` (295.90M) and of the released classifier (65.44M):
+# model costs nothing to build. gcg's presets have exactly the parameter counts of OpenAI's
+# released `64x64_diffusion.pt` (295.90M) and classifier (65.44M):
 
 # %%
 with torch.device("meta"):
@@ -221,19 +219,18 @@ assert round(n_params / 1e6, 2) == 295.90
 assert round(count_parameters(adm64_classifier) / 1e6, 2) == 65.44
 
 # %% [markdown]
-# FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode`, which adds up the cost of
-# every convolution and matrix product from their shapes — so it works on meta tensors too. A
-# convolution with a $k \times k$ kernel from $C_\text{in}$ to $C_\text{out}$ channels on an
-# $H \times W$ map costs $2 k^2 C_\text{in} C_\text{out} H W$ FLOPs (a multiply and an add per
-# weight and output pixel). Its backward pass computes two products of the same size, the
-# gradient with respect to the input and the one with respect to the weights, hence the rule
+# `torch.utils.flop_counter.FlopCounterMode` adds up the cost of every convolution and matrix
+# product from their shapes, so it works on meta tensors. A $k \times k$ convolution from
+# $C_\text{in}$ to $C_\text{out}$ channels on an $H \times W$ map costs
+# $2 k^2 C_\text{in} C_\text{out} H W$ FLOPs (a multiply and an add per weight and output pixel). Its
+# backward pass computes two products of the same size (gradients with respect to the input and
+# to the weights), hence
 #
 # $$ F_\text{train} \approx F_\text{fwd} + 2 F_\text{fwd} = 3 F_\text{fwd} \quad \text{per image.} $$ (ch08-three)
 #
-# (The UNet's input checks read the class labels, which meta tensors cannot hold, so the count
-# runs on the same network without the label embedding: an embedding lookup costs no FLOPs, and
-# the two networks differ only by its 1000 × 768 table.) The same forward pass also records every
-# tensor autograd keeps for the backward pass — the activation memory of one training image:
+# (Meta tensors cannot hold the class labels the UNet checks, so the count runs without the label
+# embedding, a lookup that costs no FLOPs.) The same pass records every tensor autograd keeps for
+# the backward pass: the activation memory of one training image.
 
 # %%
 unconditional = dataclasses.replace(network, num_classes=None)
@@ -277,15 +274,14 @@ assert by_op["convolution"] + by_op["convolution_backward"] > 0.8, by_op  # a UN
 # %% [markdown]
 # ### Images per second
 #
-# The run sees $S \cdot B$ training images ($S$ = 540K steps, $B$ = 2048), so its compute is
+# The run sees $S \cdot B$ training images ($S$ = 540K steps, $B$ = 2048), so
 #
 # $$ C = 3 F_\text{fwd} \cdot S \cdot B, \qquad \text{and finishing in } D \text{ days needs }
 #    \frac{S \cdot B}{86\,400\, D} \text{ images/s.} $$ (ch08-compute)
 #
-# A GPU with a peak of $P$ FLOP/s that keeps a fraction $u$ busy with useful work (the model
-# FLOPs utilisation, MFU) supplies $uP / (3F_\text{fwd})$ images/s. The peaks below are the
-# vendors' datasheet dense 16-bit tensor-core figures; $u = 0.4$ is an assumption for
-# illustration (measure yours with `benchmarks/bench_train.py --peak-tflops P`).
+# A GPU with peak $P$ FLOP/s that keeps a fraction $u$ busy with useful work (the model FLOPs
+# utilisation, MFU) supplies $uP / (3F_\text{fwd})$ images/s. The peaks below are datasheet dense
+# 16-bit figures; $u = 0.4$ is an assumption for illustration.
 
 # %%
 S, B = recipe.max_steps, recipe.batch_size
@@ -310,31 +306,66 @@ print(f"at MFU {MFU}: {gpu_days['V100 (fp16)']:.0f} V100-days, {gpu_days['H100 S
 Markdown("\n".join(lines))
 
 # %% [markdown]
-# The FLOPs are the easy part of the estimate; the MFU is the hard one. At small per-GPU
-# batches, data loading, the all-reduce of 296M gradients every step, fp16 overflow skips and
-# checkpointing all eat into $u$, which is why the benchmark script measures it rather than
-# assuming it.
+# The FLOPs are the easy part; the MFU is the hard one. Data loading, the all-reduce of 296M
+# gradients, fp16 overflow skips and checkpointing all eat into $u$: it must be measured.
 #
-# The EMA, $\bar\theta \leftarrow \rho\,\bar\theta + (1-\rho)\,\theta$ with $\rho = 0.9999$, is one
-# `torch._foreach_lerp_` over the parameters per step: about $2|\theta|$ FLOPs against the step's
-# $3F_\text{fwd} B$, so its compute is negligible; it costs memory (one more copy of the weights
-# per rate) and a pass over the weights per step.
+# The EMA of the weights, updated after every optimizer step with $\rho = 0.9999$,
+#
+# $$ \bar\theta \leftarrow \rho\,\bar\theta + (1-\rho)\,\theta , $$ (ch08-ema)
+#
+# is one `torch._foreach_lerp_` over the parameters: about $2|\theta|$ FLOPs against the step's
+# $3F_\text{fwd} B$. It costs memory (a copy of the weights per rate), not compute.
 
 # %%
 ema_share = 2 * n_params / (flops_train * B)
 print(f"EMA update / training step FLOPs: {ema_share:.1e}")
 assert ema_share < 1e-5
 
+
+# %% [markdown]
+# ### Write it yourself: the EMA update
+#
+# Write `my_update_ema(ema_params, params, rate)`: two lists of tensors of matching shapes; update
+# each `ema_params` tensor **in place** by {eq}`ch08-ema` with $\rho$ = `rate`. The next cell moves
+# a small UNet's weights three times (a stand-in for optimizer steps), updates EMAs of rates 0.9
+# and 0.999 with yours and with `gcg.train.update_ema`, and compares every tensor.
+
+# %% tags=["write-it-yourself", "hide-input"] jupyter={"source_hidden": true}
+@torch.no_grad()
+def my_update_ema(ema_params, params, rate):
+    """theta_ema <- rate * theta_ema + (1 - rate) * theta, in place, tensor by tensor."""
+    # --- solution ---
+    for ema_p, p in zip(ema_params, params):
+        ema_p.mul_(rate).add_(p, alpha=1.0 - rate)
+    # --- end of solution ---
+
+
+# %%
+with torch.random.fork_rng(devices=[]):  # leave the global RNG of later cells untouched
+    ema_net = create_model(MODEL_PRESETS["tiny"])
+gcg_emas = {rate: copy.deepcopy(ema_net).requires_grad_(False) for rate in (0.9, 0.999)}
+my_emas = {rate: params(ema_net) for rate in (0.9, 0.999)}
+step_gen = torch.Generator().manual_seed(0)
+for _ in range(3):
+    with torch.no_grad():
+        for p in ema_net.parameters():
+            p.add_(torch.randn(p.shape, generator=step_gen))  # a stand-in for an optimizer step
+    gcg_train.update_ema(gcg_emas, ema_net)
+    for rate in my_emas:
+        my_update_ema(my_emas[rate], list(ema_net.parameters()), rate)
+for rate, ema in gcg_emas.items():
+    for (name, want), got in zip(ema.named_parameters(), my_emas[rate]):
+        torch.testing.assert_close(got, want, msg=lambda m, name=name, rate=rate: f"rate {rate}, {name}: {m}")
+print("my_update_ema agrees with gcg.train.update_ema (3 steps, rates 0.9 and 0.999)")
+
 # %% [markdown]
 # ### Memory
 #
-# Per parameter, AdamW keeps the weight, its gradient and two moment estimates; the EMA keeps one
-# more copy per rate. gcg's mixed precision is **autocast**: the weights, gradients, Adam moments
-# and EMA stay fp32 and each matrix product casts its inputs to 16 bits on the fly, so these
-# *states* cost the same as in fp32. The ADM reference code instead keeps fp16 weights and
-# gradients next to fp32 "master" copies, which costs *more* state memory. What 16-bit arithmetic
-# buys is speed (tensor cores) and smaller saved activations — and the activations, not the
-# states, dominate at a useful batch size:
+# Per parameter, AdamW keeps the weight, its gradient and two moments; the EMA keeps one copy per
+# rate. gcg's mixed precision is **autocast**: these *states* stay fp32 and each matrix product
+# casts its inputs to 16 bits on the fly. (The ADM code keeps fp16 weights and gradients next to
+# fp32 "master" copies: *more* state memory.) 16-bit arithmetic buys speed and smaller saved
+# activations, and activations, not states, dominate at a useful batch size:
 #
 # $$ M \approx \underbrace{|\theta| \cdot b_\text{state}}_\text{weights, grads, Adam, EMA}
 #    + \underbrace{m \cdot a}_\text{activations of a micro-batch of } m \text{ images} $$ (ch08-memory)
@@ -375,33 +406,25 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# So the number of images per forward pass is limited by activation memory: with ~0.8 GB of fp32
-# activations per image, a micro-batch of 64 needs ~50 GB before any 16-bit saving. Two knobs
-# trade it off without changing the update: `microbatch` (gradient accumulation, Section 3) and
-# `--set model.use_checkpoint=true` (gradient checkpointing: recompute each block's activations
-# in the backward pass, ≈ one extra forward, i.e. ~33% more FLOPs per step by {eq}`ch08-three`).
+# So activation memory limits the images per forward pass: at ~0.8 GB per image in fp32, a
+# micro-batch of 64 needs ~50 GB. Two knobs trade it off without changing the update: `microbatch`
+# (gradient accumulation, section 3) and `--set model.use_checkpoint=true` (gradient
+# checkpointing: recompute each block's activations in the backward pass, ≈ one extra forward,
+# ~33% more FLOPs by {eq}`ch08-three`).
 #
-# ### Measured speed
+# ### Measuring speed
 #
-# `benchmarks/bench_train.py` runs `gcg.train.train_step` on random 64×64 images for each
-# precision (and 2 gloo processes for the DDP overhead) and prints images/s, peak memory, GFLOP
-# per image and MFU; on a GPU it runs the full preset. Its recorded figures, read from
-# `benchmarks/README.md`:
-
-# %% tags=["nbval-ignore-output"]
-readme = (REPO / "benchmarks" / "README.md").read_text()
-sections = re.split(r"(?m)^(?=## )", readme)
-training = [s for s in sections if re.match(r"## .*(train|Train)", s)]
-if training:
-    benchmark_text = "\n".join(training)
-else:
-    benchmark_text = ("*`benchmarks/README.md` has no training figures recorded yet. Measure them with:*\n\n"
-                      "```bash\nOMP_NUM_THREADS=2 python benchmarks/bench_train.py --device cpu --batch-size 8 "
-                      "--image-size 32 \\\n    --set model.model_channels=64 --set model.num_res_blocks=1 --ddp 2\n"
-                      "python benchmarks/bench_train.py --device cuda --batch-size 64 --precisions fp32 bf16 fp16 "
-                      "--peak-tflops 989\n```")
-# headings of the README become bold lines (a heading inside a cell output would break the book's outline)
-Markdown(re.sub(r"(?m)^#{2,6} (.*)$", r"**\1**", benchmark_text))
+# `benchmarks/bench_train.py` times whole `gcg.train.train_step`s on random images, per precision
+# and over `--ddp N` processes: images/s, peak memory, GFLOP per image and, with `--peak-tflops P`,
+# the MFU. For the full preset on one GPU:
+#
+# ```bash
+# python benchmarks/bench_train.py --device cuda --batch-size 64 --precisions fp32 bf16 fp16 --peak-tflops 989
+# ```
+#
+# gcg's tests and this book run on CPUs; the CUDA-only paths (16-bit autocast with loss scaling,
+# NCCL, `torch.cuda.max_memory_allocated`, MFU) are untested on GPU hardware. The numbers above
+# are arithmetic, not measurements.
 
 # %% [markdown]
 # ## 3. Many GPUs: `torchrun`, DDP, sharding, accumulation
@@ -418,23 +441,21 @@ Markdown(re.sub(r"(?m)^#{2,6} (.*)$", r"**\1**", benchmark_text))
 #     --data-dir /data/imagenet64 --out-dir runs/imagenet64
 # ```
 #
-# `torchrun` starts one process per GPU and sets `RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
-# `MASTER_ADDR` and `MASTER_PORT`; `gcg.dist.init_distributed` reads them and joins the process
-# group (NCCL on GPUs, gloo on CPUs). Each process then wraps the model in PyTorch's
-# **DistributedDataParallel**: every rank holds a full replica, computes the gradient of its own
-# share of the batch, and during the backward pass DDP all-reduces the gradients bucket by bucket
-# (overlapping communication with the rest of the backward) so that every rank ends with
+# `torchrun` starts one process per GPU and sets `RANK`, `WORLD_SIZE` and the rendezvous address;
+# `gcg.dist.init_distributed` joins the process group (NCCL on GPUs, gloo on CPUs) and the trainer
+# wraps the model in **DistributedDataParallel**: every rank holds a replica, computes the gradient of its
+# share of the batch, and DDP all-reduces the gradients bucket by bucket during the backward pass,
+# so that every rank ends with
 #
 # $$ g = \frac{1}{B} \sum_{r=0}^{W-1} \sum_{i \in \text{shard}_r} \nabla_\theta \ell_i ,$$ (ch08-ddp)
 #
-# the gradient of the whole global batch. All ranks apply the same AdamW step to the same weights,
-# so the replicas never drift apart; only rank 0 writes checkpoints, logs and images.
+# the gradient of the whole global batch. All ranks apply the same AdamW step, so the replicas
+# never drift apart; only rank 0 writes checkpoints, logs and images.
 #
-# **Sharding.** `batch_size` in a gcg config is the *global* batch $B$. `gcg.data.make_loader`
-# gives rank $r$ of $W$ the interleaved positions $r, r + W, r + 2W, \dots$ of the batch a single
-# process would draw, and the randomness that defines the loss (timesteps $t$, noise
-# $\epsilon$, label dropout) is drawn for the global batch from generators shared by all ranks,
-# each rank keeping its rows. Two ranks' shards, interleaved, are the single-process batch:
+# **Sharding.** `batch_size` is the *global* batch $B$. `gcg.data.make_loader` gives rank $r$ of $W$
+# the positions $r, r + W, r + 2W, \dots$ of the batch one process would draw, and $t$, $\epsilon$
+# and label dropout are drawn for the global batch from generators shared by all ranks, each rank
+# keeping its rows. Two ranks' shards, interleaved, are the single-process batch:
 
 # %%
 digits_train = load_digits_dataset("train")
@@ -449,11 +470,10 @@ assert all(torch.equal(single_x[r::2], x) and torch.equal(single_y[r::2], y) for
 show(gcg_train._draw_global)
 
 # %% [markdown]
-# **Gradient accumulation.** Each rank holds $B/W$ examples per step; if they do not fit in
-# memory, `microbatch=m` runs them as $\lceil B/(W m) \rceil$ forward/backward passes whose
-# gradients add up before one optimizer step (DDP's `no_sync` skips the all-reduce on all but the
-# last). Each micro-batch loss is divided by the per-rank batch, so the sum is the batch mean of
-# {eq}`ch08-ddp`. For the `imagenet64` preset ($B = 2048$, $m = 64$):
+# **Gradient accumulation.** If a rank's $B/W$ examples do not fit in memory, `microbatch=m` runs
+# them as $\lceil B/(W m) \rceil$ forward/backward passes whose gradients add up before one
+# optimizer step (DDP's `no_sync` skips the all-reduce on all but the last). Each micro-batch loss
+# is divided by the per-rank batch, so the sum is {eq}`ch08-ddp`. For `imagenet64` ($m = 64$):
 
 # %%
 print(f"{'GPUs W':>7} {'per GPU B/W':>12} {'micro-batches':>14}")
@@ -465,10 +485,9 @@ for world in (8, 16, 32, 64, 128):
 show(gcg_train.train_step)
 
 # %% [markdown]
-# The claim "accumulation does not change the update" is checked on a toy configuration: one
-# step on a batch of 12 digits, as one pass and as micro-batches of 4 and 3, gives the same
-# weights up to float rounding. (A real 2-process run, `torchrun --nproc_per_node 2` on the gloo
-# backend, is compared against one process in `tests/test_ddp.py`.)
+# Check: one step on a batch of 12 digits, as one pass and as micro-batches of 4 and 3, gives the
+# same weights up to float rounding. (`tests/test_ddp.py` compares a real 2-process gloo run with
+# one process.)
 
 # %%
 TOY = dict(model="tiny", image_size=8, batch_size=12, max_steps=1, dropout=0.0, p_uncond=0.0,
@@ -486,28 +505,24 @@ for m in (4, 3):
 # ## 4. Resuming
 #
 # A 540K-step run will be interrupted. The trainer writes `checkpoint_<step>.pt` every
-# `save_every` steps (10K for `imagenet64`) **atomically**: the payload goes to a temporary file in
-# the same directory, is flushed to disk, and replaces the old name with `os.replace`, so a crash
-# mid-write leaves the previous checkpoint intact:
+# `save_every` steps (10K for `imagenet64`) **atomically**: to a temporary file, flushed, then
+# renamed with `os.replace`, so a crash mid-write leaves the previous checkpoint intact:
 
 # %% tags=["nbval-ignore-output"]
 show(checkpoint.save_checkpoint)
 
 # %% [markdown]
 # A checkpoint holds everything the next step depends on: the weights, every EMA, the AdamW
-# moments, the fp16 loss scale, the step, the importance sampler's loss history, and the states of
-# every random generator (torch, NumPy, Python, and the generators of $t$ and $\epsilon$) of every
-# rank. Restarting with `--resume` therefore continues *exactly* where it stopped:
+# moments, the loss scale, the step, the importance sampler's history, and every random
+# generator's state on every rank. So `--resume` continues *exactly* where the run stopped:
 #
 # ```bash
 # python -m gcg.train --preset imagenet64 --data-dir /data/imagenet64 --out-dir runs/imagenet64 --resume
 # ```
 #
-# (under `torchrun` the same flag; resuming on a different number of GPUs keeps the shared
-# generators and re-seeds the per-rank ones, and says so). The check: a toy run of $2N$ steps
-# straight through, against $N$ steps, a checkpoint, a fresh process state and $N$ more steps.
-# Dropout, label dropout, two EMA rates and the importance sampler are on, so any random state
-# that was not saved would show.
+# (Under `torchrun` too; on another number of GPUs the per-rank generators are re-seeded, with a
+# notice.) The check: $2N$ toy steps straight against $N$ steps, a checkpoint and $N$ more, with
+# dropout, label dropout, two EMA rates and the importance sampler on.
 
 # %%
 N = 3
@@ -534,9 +549,9 @@ assert resumed.step == straight.step == 2 * N and same_weights and same_ema
 # %% [markdown]
 # ## 5. Sampling and evaluation
 #
-# The paper's numbers come from 50,000 samples per model scored by the ADM evaluation suite
-# against a reference batch of real images. gcg splits that into two command-line tools that
-# exchange `.npz` files in the suite's format (`arr_0`: uint8 images [N, H, W, C], `arr_1`: labels):
+# The paper scores 50,000 samples per model with the ADM evaluation suite against a reference
+# batch. gcg splits that into two tools that exchange `.npz` files in the suite's format (`arr_0`:
+# uint8 images [N, H, W, C], `arr_1`: labels):
 #
 # ```bash
 # # 50K class-conditional samples, 250 respaced DDPM steps, from the EMA weights
@@ -547,11 +562,9 @@ assert resumed.step == straight.step == 2 * N and same_weights and same_ema
 #     --inception-weights pt_inception-2015-12-05-6726825d.pth
 # ```
 #
-# Here the same two steps run on the toy model just trained (6 steps of training: its samples are
-# still mostly noise; chapter 01 trains a good one) and on the 8×8 digits. The FID Inception
-# network cannot be downloaded here (and would be a poor judge of 8×8 digits), so the features
-# come from a small classifier trained on the real digits, `gcg.features` — "FD on domain
-# features", not comparable to published FID (chapter 07).
+# Here both steps run on the toy model just trained (6 steps: its samples are mostly noise) and the
+# 8×8 digits, with features from a small classifier trained on real digits (`gcg.features`): "FD
+# on domain features", not comparable to published FID (chapter 07).
 
 # %%
 n_samples = int(64 * GCG_SCALE)
@@ -568,9 +581,8 @@ assert code == 0
 
 
 # %% [markdown]
-# The reference is the digits' test split; as a yardstick, the same number of *real* training
-# digits are scored as if they were samples. Real digits must land far closer to the reference
-# than a 6-step model's samples.
+# The reference is the digits' test split; as a yardstick, as many *real* training digits are
+# scored as if they were samples. They must land far closer to the reference than the samples.
 
 # %%
 def to_npz(dataset, path, n=None):
@@ -601,11 +613,10 @@ assert fd_real < 0.5 * fd_model, (fd_real, fd_model)
 # %% [markdown]
 # ## 6. OpenAI's released checkpoints
 #
-# OpenAI released the weights of the paper's models (the `openai/guided-diffusion` README links
-# them: `64x64_diffusion.pt`, `64x64_classifier.pt`, `128x128_diffusion.pt`, ...). Their state
-# dicts name modules by position (`input_blocks.5.1.qkv.weight`); gcg names them by role
-# (`down_blocks.4.attn.qkv.weight`). `gcg.convert` derives the translation table from a config's
-# module structure:
+# OpenAI released the paper's weights (`64x64_diffusion.pt`, `64x64_classifier.pt`, ..., linked
+# from the `openai/guided-diffusion` README). Their state dicts name modules by position
+# (`input_blocks.5.1.qkv.weight`), gcg's by role (`down_blocks.4.attn.qkv.weight`); `gcg.convert`
+# derives the translation from a config's module structure:
 
 # %%
 key_map = convert.reference_key_map("64x64_diffusion")
@@ -614,9 +625,7 @@ for gcg_key in list(key_map)[:4] + [k for k in key_map if ".attn.qkv." in k][:1]
 print(f"... {len(key_map)} tensors")
 
 # %% [markdown]
-# The parameter counts of gcg's presets match the released files (counts of the released state
-# dicts, from the reference code with each checkpoint's published flags); every model is built on
-# the meta device, so this costs no memory:
+# gcg's presets match the released files' parameter counts (built on the meta device: no memory):
 
 # %%
 RELEASED = {"64x64_diffusion": 295.90, "64x64_classifier": 65.44, "128x128_diffusion": 421.53,
@@ -629,10 +638,10 @@ for name in RELEASED:
 assert counts == RELEASED
 
 # %% [markdown]
-# Loading a file is `gcg.convert.load_openai_checkpoint(path, name)`: it renames every tensor,
-# checks every shape against the preset (a mismatch names the tensor and both shapes), builds the
-# network on the meta device and assigns the weights. The weights cannot be downloaded here, so
-# the round trip runs on a small random network written in the reference layout:
+# `gcg.convert.load_openai_checkpoint(path, name)` renames every tensor, checks every shape against
+# the preset (a mismatch names the tensor and both shapes) and assigns the weights. gcg does not
+# ship the weights, so the round trip runs on a small random network written in the reference
+# layout:
 
 # %%
 small = MODEL_PRESETS["tiny"]
@@ -649,12 +658,12 @@ print("reference-layout file -> gcg model, identical outputs:", same_output)
 assert same_output
 
 # %% [markdown]
-# With a downloaded release, point `GCG_OPENAI_MODELS` at the folder that holds it; the next cell
-# then loads `64x64_diffusion.pt`, checks its size and draws four samples with 25 DDIM steps
-# (on a GPU: seconds; on a CPU: minutes). Without it, it prints what to do.
+# With a downloaded release, point `GCG_OPENAI_DIR` at its folder; the next cell then loads
+# `64x64_diffusion.pt` and draws four samples with 25 DDIM steps (seconds on a GPU, minutes on a
+# CPU). Without it, it prints what to do.
 
 # %%
-release_dir = os.environ.get("GCG_OPENAI_MODELS")
+release_dir = os.environ.get("GCG_OPENAI_DIR")
 release = Path(release_dir) / "64x64_diffusion.pt" if release_dir else None
 if release is not None and release.is_file():
     from gcg.diffusion import DiffusionConfig
@@ -667,7 +676,7 @@ if release is not None and release.is_file():
     grid = gcg_sample.save_grid(images, WORK / "adm64_samples.png", labels=labels)
     display(Image(filename=str(grid)))
 else:
-    print("No released checkpoint found (set GCG_OPENAI_MODELS=/path/to/folder with 64x64_diffusion.pt).")
+    print("No released checkpoint found (set GCG_OPENAI_DIR=/path/to/folder with 64x64_diffusion.pt).")
     print(f"Download it from {convert.RELEASES_URL}, then:")
     print("    model = gcg.convert.load_openai_checkpoint('64x64_diffusion.pt', '64x64_diffusion')")
     print("    diffusion = gcg.DiffusionConfig(**gcg.convert.OPENAI_DIFFUSION['64x64_diffusion']).build()")
@@ -678,32 +687,87 @@ shutil.rmtree(WORK)  # the checkpoints, samples and feature network written abov
 # %% [markdown]
 # ## Summary
 #
+# $$ C = 3 F_\text{fwd} \cdot S \cdot B \approx 658\ \text{GFLOP} \times 540\text{K} \times 2048 \approx 7 \cdot 10^{20}\ \text{FLOP} $$
+#
+# Training at scale is the same `train_step` as on a CPU: arithmetic says what it costs, and exact
+# accumulation, DDP and bit-exact resume make it fit on, and survive, any number of GPUs.
+#
 # | question | answer in gcg |
 # |---|---|
 # | the recipe | `python -m gcg.train --preset imagenet64`: every appendix value checked above |
-# | compute | ≈ 658 GFLOP per training image, $7 \cdot 10^{20}$ FLOP for 540K × 2048 images |
+# | compute | ≈ 658 GFLOP per training image, {eq}`ch08-compute` |
 # | memory | 20 bytes/parameter of state (5.9 GB) ≪ activations (~0.8 GB per image in fp32) |
 # | many GPUs | `torchrun --nproc_per_node N -m gcg.train ...`; global batch fixed, `microbatch` for memory |
 # | interruptions | atomic checkpoints, `--resume` bit-exact |
 # | results | `python -m gcg.sample` → `.npz` → `python -m gcg.evaluate` |
 # | released weights | `gcg.convert.load_openai_checkpoint(path, name)` |
 #
+# This is the last chapter: the same trainer and commands, with the `imagenet64-classifier`,
+# `imagenet64-base32` and `imagenet64-sr32` presets, train the guidance classifier and the cascade
+# stages of chapters 04 and 06 at full scale.
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. **FLOPs by hand.** Compute the forward FLOPs of the first residual block of `64x64_diffusion`
 #    (two 3×3 convolutions, 192 → 192 channels, at 64×64) from $2k^2 C_\text{in} C_\text{out} HW$
 #    and compare with `FlopCounterMode` on that block alone (`adm64.down_blocks[0].res` built on the
-#    meta device).
+#    meta device). (Seconds on a CPU.)
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    $k = 3$, $C_\text{in} = C_\text{out} = 192$, $HW = 4096$; GroupNorm and SiLU are not matrix
+#    products.
+#    ```
+#
+#    ```{admonition} Solution
+#    :class: dropdown
+#    One convolution costs $2 \cdot 9 \cdot 192^2 \cdot 4096 \approx 2.72$ GFLOP, the block
+#    $\approx 5.44$ GFLOP (2.5% of the forward pass). The timestep-embedding projection
+#    ($768 \to 384$) adds $\approx 0.6$ MFLOP: the counter agrees to well under 1%.
+#    ```
+#
 # 2. **Where do the FLOPs go?** Repeat the count of Section 2 with `attention_resolutions=(16, 8)`
 #    and with `num_res_blocks=2`. Which change saves more compute, and which did the paper's
-#    Table 1 find costs more FID?
+#    Table 1 find costs more FID? (Seconds: the meta device allocates nothing.)
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    Attention's products grow with the square of the positions (1024 at 32×32). Table 1
+#    (ImageNet 128): attention at 32, 16, 8 improved FID by 0.72 at 700K steps.
+#    ```
+#
 # 3. **Your cluster.** With your GPUs' measured images/s (`benchmarks/bench_train.py` on one GPU,
 #    times the number of GPUs, times the DDP efficiency the script prints), how many days does the
 #    `imagenet64` recipe take? How does the answer change for the 128×128 model (count its FLOPs)?
+#    (Needs a GPU for the measurement; the FLOP count runs on the meta device.)
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    Days $= S \cdot B / (86\,400 \cdot \text{images/s})$, {eq}`ch08-compute`. For 128×128, count
+#    `MODEL_PRESETS["128x128_diffusion"]` on the meta device.
+#    ```
+#
 # 4. **Gradient checkpointing.** Build the network with `use_checkpoint=True` on a small CPU
 #    config and measure the activations saved for backward and the FLOPs of one training step with
 #    the hooks of Section 2. Does the FLOP increase match the "one extra forward" estimate?
+#    (≈ 1 min on a 2-core CPU.)
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    A checkpointed block saves only its inputs and reruns its forward in the backward pass:
+#    expect nearly $4F_\text{fwd}$ instead of $3F_\text{fwd}$.
+#    ```
+#
 # 5. **Resume under a different world size.** Train the `digits` preset for 20 steps with
 #    `torchrun --nproc_per_node 2 -m gcg.train --preset digits --max-steps 20 --out-dir runs/d`,
 #    then resume it in one process to 40 steps. Compare the weights with a straight single-process
 #    run of 40 steps: which random streams differ, and why is the difference small?
+#    (A few minutes on a 2-core CPU.)
+#
+#    ```{admonition} Hint
+#    :class: dropdown
+#    $t$, $\epsilon$ and label dropout come from generators shared by all ranks (section 3); the
+#    per-rank ones are re-seeded on resume, and two ranks sum gradients in a different
+#    floating-point order than one.
+#    ```
