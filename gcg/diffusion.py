@@ -588,6 +588,29 @@ class GaussianDiffusion:
         }
 
 
+def reverse_sde_euler_maruyama(score_fn, betas, x_T: torch.Tensor, generator=None,
+                               progress: bool = False) -> torch.Tensor:
+    """Sample by Euler-Maruyama steps of the reverse variance-preserving SDE (Song et al. 2021).
+
+    x_{t-1} = x_t + beta_t (x_t / 2 + s(x_t, t)) + sqrt(beta_t) z, t = T-1 .. 0, no noise at the
+    last step: DDPM's ancestral step with sigma_t^2 = beta_t to first order in beta_t
+    (Eq. (ch03-sde-ancestral) of the book).
+
+    :param score_fn: s(x, t) -> grad_x log q(x_t) [N, ...], t an int step index.
+    :param betas: the schedule beta_t, shape [T].
+    :param x_T: the starting noise [N, ...].
+    :return: x_0 [N, ...].
+    """
+    betas = torch.as_tensor(betas, dtype=torch.float64)
+    x = x_T
+    for i in tqdm(range(len(betas) - 1, -1, -1), disable=not progress):
+        beta = betas[i].to(x.dtype)
+        x = x + beta * (0.5 * x + score_fn(x, i))
+        if i > 0:
+            x = x + beta.sqrt() * _randn_like(x, generator)
+    return x
+
+
 def _randn(shape, device, dtype, generator=None):
     """Standard normal noise, drawn from ``generator`` (on its own device) when one is given."""
     if generator is None:

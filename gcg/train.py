@@ -38,6 +38,7 @@ from gcg.checkpoint import (build_model, checkpoint_path, list_checkpoints, load
                             save_checkpoint)
 from gcg.images import downsample
 from gcg.presets import TrainConfig, apply_overrides, describe_presets, get_preset, validate
+from gcg.schedules import space_timesteps
 
 
 class DataUnavailable(RuntimeError):
@@ -547,12 +548,7 @@ def plot_loss_curve(history: list, path: Path) -> None:
 def sampling_steps(spec, num_timesteps: int) -> int:
     """Number of network evaluations of a respacing spec: "250" -> 250, "ddim50" -> 50,
     "10,15,20" -> 45, None/"" -> num_timesteps."""
-    if not spec:
-        return num_timesteps
-    spec = str(spec)
-    if spec.startswith("ddim"):
-        return int(spec[len("ddim"):])
-    return sum(int(part) for part in spec.split(","))
+    return len(space_timesteps(num_timesteps, str(spec))) if spec else num_timesteps
 
 
 def sample_grid_plan(num_images: int, spec, num_timesteps: int, budget: int) -> tuple[int, str]:

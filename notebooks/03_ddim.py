@@ -57,7 +57,7 @@ def show(obj):
 
 
 # %%
-from gcg.diffusion import GaussianDiffusion
+from gcg.diffusion import GaussianDiffusion, reverse_sde_euler_maruyama
 from gcg.schedules import get_named_beta_schedule, space_timesteps
 from gcg.toy import GaussianMixture
 
@@ -387,12 +387,8 @@ print(f"(a) max |p_sample (fixed_large) - score-SDE ancestral step| = {float((st
 assert torch.allclose(step_gcg, step_sde, atol=1e-10)
 
 em_gen = torch.Generator().manual_seed(14)
-x_em = torch.randn(3000, 2, generator=em_gen, dtype=torch.float64)
-for i in range(T - 1, -1, -1):  # Euler-Maruyama on the reverse SDE, exact score, no noise at the last step
-    beta_i = diffusion.betas[i]
-    x_em = x_em + beta_i * (0.5 * x_em + toy.score(x_em, ab[i]))
-    if i > 0:
-        x_em = x_em + beta_i.sqrt() * torch.randn(x_em.shape, generator=em_gen, dtype=torch.float64)
+x_em = reverse_sde_euler_maruyama(lambda x, i: toy.score(x, ab[i]), diffusion.betas,  # exact score
+                                  torch.randn(3000, 2, generator=em_gen, dtype=torch.float64), em_gen)
 em_mean_err = float((x_em.mean(0) - toy.mean()).norm())
 em_cov_err = float((torch.cov(x_em.T) - toy.covariance()).norm())
 em_nll = float(toy.nll(x_em).mean())
