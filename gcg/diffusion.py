@@ -33,6 +33,7 @@ MODEL_VAR_TYPES = ("fixed_small", "fixed_large", "learned_range", "learned")
 LOSS_TYPES = ("mse", "rescaled_mse", "kl", "rescaled_kl")
 DECODERS = ("discretized", "gaussian")
 COND_AT = ("x_t", "mean")
+SAMPLERS = ("ddpm", "ddim")
 
 
 def _check_choice(name, value, choices):
@@ -354,28 +355,45 @@ class GaussianDiffusion:
         """Ancestral sampling from x_T ~ N(0, I) down to x_0, Ho et al. 2020 Algorithm 2.
 
         shape: (N, C, ...); noise: optional x_T. Returns x_0 [N, C, ...]."""
-        final = None
-        for final in self.p_sample_loop_progressive(
+        return _last(self.p_sample_loop_progressive(
             model, shape, noise=noise, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
             cond_fn=cond_fn, model_kwargs=model_kwargs, device=device, progress=progress,
             generator=generator, cond_at=cond_at,
-        ):
-            pass
-        return final["sample"]
+        ))
 
     def p_sample_loop_progressive(self, model, shape, noise=None, clip_denoised=True,
                                   denoised_fn=None, cond_fn=None, model_kwargs=None, device=None,
                                   progress=False, generator=None, cond_at="x_t"):
         """Generator over the ancestral steps: yields dict(sample, pred_xstart, t) with t the
         chain index just sampled from (T-1 down to 0)."""
+        _check_choice("cond_at", cond_at, COND_AT)
         x = self._initial_noise(model, shape, noise, device, generator)
-        for i in tqdm(range(self.num_timesteps - 1, -1, -1), disable=not progress, desc="DDPM"):
-            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-            with torch.no_grad():
-                out = self.p_sample(model, x, t, clip_denoised, denoised_fn, cond_fn, model_kwargs,
-                                    cond_at=cond_at, generator=generator)
-            x = out["sample"]
-            yield {"sample": x, "pred_xstart": out["pred_xstart"], "t": t}
+
+        def step(x, t):
+            return self.p_sample(model, x, t, clip_denoised, denoised_fn, cond_fn, model_kwargs,
+                                 cond_at=cond_at, generator=generator)
+        yield from _run_chain(step, x, range(self.num_timesteps - 1, -1, -1), progress, "DDPM")
+
+    def sample_loop(self, model, shape, sampler: str = "ddpm", eta: float = 0.0, cond_at: str = "x_t",
+                    progressive: bool = False, **kwargs):
+        """One entry point for both samplers: ``sampler="ddpm"`` runs `p_sample_loop` (guidance on
+        the mean, at ``cond_at``), ``"ddim"`` runs `ddim_sample_loop` (guidance on the score, with
+        ``eta``). ``progressive=True`` returns the step generator instead of x_0. Other keyword
+        arguments (noise, clip_denoised, denoised_fn, cond_fn, model_kwargs, device, progress,
+        generator) are passed on unchanged."""
+        _check_choice("sampler", sampler, SAMPLERS)
+        if sampler == "ddim":
+            if cond_at != "x_t":
+                raise ValueError(
+                    f"cond_at={cond_at!r} applies to the ancestral sampler only: DDIM guides the score "
+                    "at x_t (Dhariwal & Nichol 2021 Algorithm 2); use sampler='ddpm' or cond_at='x_t'"
+                )
+            loop = self.ddim_sample_loop_progressive if progressive else self.ddim_sample_loop
+            return loop(model, shape, eta=eta, **kwargs)
+        if eta != 0.0:
+            raise ValueError(f"eta={eta} applies to DDIM only; the ancestral sampler has no eta (use sampler='ddim')")
+        loop = self.p_sample_loop_progressive if progressive else self.p_sample_loop
+        return loop(model, shape, cond_at=cond_at, **kwargs)
 
     # ------------------------------------------------------------------ DDIM
     def ddim_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None,
@@ -419,49 +437,37 @@ class GaussianDiffusion:
                          generator=None):
         """DDIM sampling from x_T to x_0 over this chain's steps (respace for fewer steps).
         Returns x_0 [N, C, ...]."""
-        final = None
-        for final in self.ddim_sample_loop_progressive(
+        return _last(self.ddim_sample_loop_progressive(
             model, shape, noise=noise, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
             cond_fn=cond_fn, model_kwargs=model_kwargs, device=device, progress=progress, eta=eta,
             generator=generator,
-        ):
-            pass
-        return final["sample"]
+        ))
 
     def ddim_sample_loop_progressive(self, model, shape, noise=None, clip_denoised=True,
                                      denoised_fn=None, cond_fn=None, model_kwargs=None,
                                      device=None, progress=False, eta=0.0, generator=None):
         """Generator over DDIM steps: yields dict(sample, pred_xstart, t), t from T-1 down to 0."""
         x = self._initial_noise(model, shape, noise, device, generator)
-        for i in tqdm(range(self.num_timesteps - 1, -1, -1), disable=not progress, desc="DDIM"):
-            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-            with torch.no_grad():
-                out = self.ddim_sample(model, x, t, clip_denoised, denoised_fn, cond_fn,
-                                       model_kwargs, eta=eta, generator=generator)
-            x = out["sample"]
-            yield {"sample": x, "pred_xstart": out["pred_xstart"], "t": t}
+
+        def step(x, t):
+            return self.ddim_sample(model, x, t, clip_denoised, denoised_fn, cond_fn, model_kwargs,
+                                    eta=eta, generator=generator)
+        yield from _run_chain(step, x, range(self.num_timesteps - 1, -1, -1), progress, "DDIM")
 
     def ddim_reverse_sample_loop(self, model, x_start, clip_denoised=True, denoised_fn=None,
                                  model_kwargs=None, progress=False):
         """DDIM inversion: run the deterministic ODE from x_0 up to x_T. Returns x_T like x_start."""
-        final = None
-        for final in self.ddim_reverse_sample_loop_progressive(
+        return _last(self.ddim_reverse_sample_loop_progressive(
             model, x_start, clip_denoised, denoised_fn, model_kwargs, progress
-        ):
-            pass
-        return final["sample"]
+        ))
 
     def ddim_reverse_sample_loop_progressive(self, model, x_start, clip_denoised=True,
                                              denoised_fn=None, model_kwargs=None, progress=False):
         """Generator over inversion steps: yields dict(sample, pred_xstart, t), the sample being
         x_{t+1} computed at chain index t = 0 .. T-1."""
-        x = x_start
-        for i in tqdm(range(self.num_timesteps), disable=not progress, desc="DDIM inversion"):
-            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-            with torch.no_grad():
-                out = self.ddim_reverse_sample(model, x, t, clip_denoised, denoised_fn, model_kwargs)
-            x = out["sample"]
-            yield {"sample": x, "pred_xstart": out["pred_xstart"], "t": t}
+        def step(x, t):
+            return self.ddim_reverse_sample(model, x, t, clip_denoised, denoised_fn, model_kwargs)
+        yield from _run_chain(step, x_start, range(self.num_timesteps), progress, "DDIM inversion")
 
     def _initial_noise(self, model, shape, noise, device, generator):
         if noise is not None:
@@ -609,6 +615,25 @@ def reverse_sde_euler_maruyama(score_fn, betas, x_T: torch.Tensor, generator=Non
         if i > 0:
             x = x + beta.sqrt() * _randn_like(x, generator)
     return x
+
+
+def _run_chain(step, x, indices, progress: bool, desc: str):
+    """The one sampling loop: x <- step(x, t)["sample"] for each chain index in `indices`, without
+    autograd (guidance re-enables it inside cond_fn). Yields dict(sample, pred_xstart, t)."""
+    for i in tqdm(indices, disable=not progress, desc=desc):
+        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+        with torch.no_grad():
+            out = step(x, t)
+        x = out["sample"]
+        yield {"sample": x, "pred_xstart": out["pred_xstart"], "t": t}
+
+
+def _last(steps) -> torch.Tensor:
+    """Runs a step generator to the end and returns the final sample."""
+    final = None
+    for final in steps:
+        pass
+    return final["sample"]
 
 
 def _randn(shape, device, dtype, generator=None):

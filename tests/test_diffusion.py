@@ -219,6 +219,28 @@ def test_progressive_loops_yield_every_step_and_generator_reproduces():
     assert torch.equal(again, steps[-1]["sample"])
 
 
+def test_sample_loop_dispatches_to_the_named_sampler():
+    d = _diffusion(50).respace("ddim10")
+    model = TOY.eps_model(d)
+    g = lambda: torch.Generator().manual_seed(4)
+    kw = dict(clip_denoised=False)
+    torch.testing.assert_close(d.sample_loop(model, (6, 2), sampler="ddim", eta=0.5, generator=g(), **kw),
+                               d.ddim_sample_loop(model, (6, 2), eta=0.5, generator=g(), **kw), rtol=0, atol=0)
+    torch.testing.assert_close(d.sample_loop(model, (6, 2), sampler="ddpm", generator=g(), **kw),
+                               d.p_sample_loop(model, (6, 2), generator=g(), **kw), rtol=0, atol=0)
+    # the two samplers really differ on the same noise (DDIM eta=0 vs ancestral)
+    assert not torch.allclose(d.sample_loop(model, (6, 2), sampler="ddim", generator=g(), **kw),
+                              d.sample_loop(model, (6, 2), sampler="ddpm", generator=g(), **kw))
+    steps = list(d.sample_loop(model, (6, 2), sampler="ddim", progressive=True, generator=g(), **kw))
+    assert len(steps) == 10 and [int(s["t"][0]) for s in steps] == list(range(9, -1, -1))
+    with pytest.raises(ValueError, match="sampler=.euler. is not supported"):
+        d.sample_loop(model, (6, 2), sampler="euler")
+    with pytest.raises(ValueError, match="ancestral sampler only"):
+        d.sample_loop(model, (6, 2), sampler="ddim", cond_at="mean")
+    with pytest.raises(ValueError, match="DDIM only"):
+        d.sample_loop(model, (6, 2), sampler="ddpm", eta=1.0)
+
+
 # guidance hooks -----------------------------------------------------------------------------------
 def test_condition_score_with_the_exact_classifier_gives_the_conditional_model():
     """Bayes: grad log p(x_t | y) = grad log p(x_t) + grad log p(y | x_t) (Dhariwal & Nichol Eq. (14))."""
