@@ -178,7 +178,7 @@ def sample_images(model, diffusion, num_samples: int, *, class_labels=None, step
         raise TypeError("sample_images needs a network and its diffusion: model, diffusion = "
                         "gcg.load_model('runs/NAME/checkpoint.pt') (a diffusion model's checkpoint, "
                         "not a classifier's)")
-    if getattr(_model_config(model), "kind", "unet") == "classifier":
+    if getattr(getattr(model, "config", None), "kind", None) == "classifier":
         raise ValueError("model is a noise-aware classifier: pass it as classifier=..., with the "
                          "diffusion model as model")
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -255,8 +255,8 @@ def save_grid(images: torch.Tensor, path, nrow: int | None = None, labels=None, 
     vector data [N, D] a scatter plot of the first two coordinates (coloured by `labels`).
 
     Each image is enlarged by nearest-neighbour upsampling to the largest integer multiple of its
-    size not above `tile` pixels (8x8 digits: 8x, 64 px; 32x32: 2x; at least 1x), with separators
-    of tile / 16 pixels, then tiled by ``torchvision.utils.save_image``.
+    size not above `tile` pixels (8x8 digits: 8x, 64 px; 32x32: 2x; at least 1x), with white
+    separators a sixteenth of a tile wide, then tiled by ``torchvision.utils.save_image``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
