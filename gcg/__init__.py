@@ -60,6 +60,9 @@ _EXPORTS = {
     "DataError": "gcg.data",
     "TrainConfig": "gcg.presets",
     "load_model": "gcg.checkpoint",
+    # from Python: load_model -> sample_images -> save_grid (the README's "From Python")
+    "sample_images": "gcg.sample",
+    "save_grid": "gcg.sample",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid
 
-__all__ = ["to_unit_range", "to_uint8", "downsample", "image_grid", "plot_image_grid"]
+__all__ = ["to_unit_range", "to_uint8", "downsample", "image_grid", "enlarge_for_grid", "plot_image_grid"]
 
 
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
@@ -62,12 +62,23 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, *, tile: int | Non
     pixels (default: tile / 16, at least 2). pad_value: separator colour in [0, 1]
     (1 = white, 0.5 = grey). Returns uint8 [rows, cols, 3] ready for ``plt.imshow`` or PIL.
     """
+    x, pad = enlarge_for_grid(images, tile, padding)
+    grid = make_grid(x, nrow=nrow or math.ceil(math.sqrt(len(x))), padding=pad, pad_value=pad_value)
+    return (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+
+
+def enlarge_for_grid(images: torch.Tensor, tile: int | None = None,
+                     padding: int | None = None) -> tuple[torch.Tensor, int]:
+    """The tiles of `image_grid` before tiling: images [N, C, H, W] in [-1, 1] -> ([N, 3, sH, sW]
+    in [0, 1], separator width), s = the largest integer with s * H <= tile (default tile:
+    max(32, H)), at least 1; nearest-neighbour, so each pixel becomes an s x s block. Feed the
+    result to ``torchvision.utils.make_grid`` or ``save_image`` with ``padding`` = the width."""
     if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"image_grid expects images [N, C, H, W] with C = 1 or 3, got shape "
+        raise ValueError(f"an image grid needs images [N, C, H, W] with C = 1 or 3, got shape "
                          f"{tuple(images.shape)}; vector samples need a scatter plot instead")
-    n, _, h, w = images.shape
-    if n == 0:
-        raise ValueError("image_grid got no images (N = 0)")
+    if len(images) == 0:
+        raise ValueError("an image grid needs at least one image, got N = 0")
+    h = images.shape[-2]
     scale = max(1, (tile or max(32, h)) // h)
     x = ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2)
     if scale > 1:
@@ -75,8 +86,7 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, *, tile: int | Non
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     pad = padding if padding is not None else max(2, (h * scale) // 16)
-    grid = make_grid(x, nrow=nrow or math.ceil(math.sqrt(n)), padding=pad, pad_value=pad_value)
-    return (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    return x, pad
 
 
 def plot_image_grid(ax, images: torch.Tensor, nrow: int | None = None, *,

@@ -5,7 +5,8 @@ respaced chain ("250", "ddim25"; Nichol & Dhariwal 2021 Sec. 4), optionally guid
 classifier (Dhariwal & Nichol 2021, Algorithms 1-2, via `gcg.guidance.classifier_cond_fn`) or
 classifier-free (Ho & Salimans 2021, via `gcg.guidance.ClassifierFreeGuidance`).
 Writes ``samples_NxHxWxC.npz`` (``arr_0`` uint8 NHWC, ``arr_1`` int labels: the format the
-ADM evaluation suite and `gcg.evaluate` read) and a PNG grid.
+ADM evaluation suite and `gcg.evaluate` read) and a PNG grid. From Python, ``gcg.sample_images``
+(argument checks, then `sample`) and ``gcg.save_grid``.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gcg.images import image_grid, to_uint8  # noqa: F401  (to_uint8: re-exported)
+from gcg.images import enlarge_for_grid, to_uint8  # noqa: F401  (to_uint8: re-exported)
 
 
 def _model_config(model):
@@ -113,18 +114,26 @@ def sample(model, diffusion, num_samples: int, batch_size: int | None = None, cl
             raise ValueError(f"got {len(labels)} class labels for {num_samples} samples: give one "
                              "label, or one per sample")
         if num_classes is not None and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(f"class labels must lie in [0, {num_classes}), got {labels.tolist()[:8]}...")
+            bad = sorted({int(v) for v in labels if not 0 <= v < num_classes})
+            raise ValueError(f"class labels must lie in [0, {num_classes}) for this {num_classes}-class "
+                             f"model, got {bad[:8]}: pass labels 0..{num_classes - 1}")
     elif num_classes is not None or classifier is not None:
         k = num_classes or _classifier_classes(classifier)
         labels = torch.randint(0, k, (num_samples,), generator=torch.Generator().manual_seed(seed))
     if cfg_scale:
         null_label = getattr(model, "null_label", None)
         if null_label is None:
-            raise ValueError("cfg_scale needs a model trained with a null label (class_null=True, "
-                             "train with p_uncond > 0)")
+            raise ValueError("cfg_scale needs a model trained with a null label (class_null=True): "
+                             "train with --set p_uncond=0.1 (the digits preset does), or use classifier "
+                             "guidance (classifier=...) instead")
         guided = ClassifierFreeGuidance(model, cfg_scale, null_label)
     else:
         guided = model
+    if labels is not None and config is not None and hasattr(config, "num_classes") and num_classes is None:
+        if classifier is None:
+            raise ValueError("this model is unconditional (num_classes=None): drop class_labels, or pass "
+                             "a classifier to guide it towards them")
+        guided = _WithoutLabels(guided)  # the labels steer the classifier only
     cond_fn = classifier_cond_fn(classifier.to(device), classifier_scale) if classifier is not None else None
     if low_res is not None and len(low_res) != num_samples:
         raise ValueError(f"low_res has {len(low_res)} images for {num_samples} samples")
@@ -148,6 +157,72 @@ def sample(model, diffusion, num_samples: int, batch_size: int | None = None, cl
         bar.update(n)
     bar.close()
     return torch.cat(outputs), labels
+
+
+def sample_images(model, diffusion, num_samples: int, *, class_labels=None, steps: int | None = None,
+                  sampler: str = "ddpm", classifier=None, classifier_scale: float | None = None,
+                  cfg_scale: float | None = None, seed: int = 0, batch_size: int | None = None,
+                  device=None, progress: bool = True, **options):
+    """Samples of a trained model, optionally guided: ``(images [N, C, H, W] in [-1, 1] on CPU, labels [N])``.
+
+    The checked entry point of `sample` (exported as ``gcg.sample_images``; ``gcg.sample`` is
+    this module). model, diffusion: as returned by ``gcg.load_model(path)``. class_labels: one
+    label, or one per sample (default: drawn with the seed). steps: sampling steps over a
+    respaced chain (default: all); sampler: "ddpm" (Ho et al. 2020, Alg. 2) or "ddim" (Song et
+    al. 2020, eta = 0). classifier: a noise-aware classifier (a network, or its checkpoint path)
+    with classifier_scale s (default 1; Dhariwal & Nichol 2021, Alg. 1-2). cfg_scale w:
+    classifier-free guidance (1 + w) eps(x, y) - w eps(x) (Ho & Salimans 2021), for a model trained
+    with p_uncond > 0. options: the rest of `sample`'s arguments (eta, low_res, aug_level, ...).
+    """
+    if isinstance(model, (str, Path)) or diffusion is None or not hasattr(diffusion, "p_sample_loop"):
+        raise TypeError("sample_images needs a network and its diffusion: model, diffusion = "
+                        "gcg.load_model('runs/NAME/checkpoint.pt') (a diffusion model's checkpoint, "
+                        "not a classifier's)")
+    if getattr(getattr(model, "config", None), "kind", None) == "classifier":
+        raise ValueError("model is a noise-aware classifier: pass it as classifier=..., with the "
+                         "diffusion model as model")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a whole number >= 1, got {num_samples!r}")
+    if sampler not in ("ddpm", "ddim"):
+        raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+    if steps is not None:
+        if "timestep_respacing" in options:
+            raise ValueError("give steps or timestep_respacing, not both")
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= diffusion.num_timesteps:
+            raise ValueError(f"steps must be a whole number in [1, {diffusion.num_timesteps}] (the "
+                             f"model's chain length), got {steps!r}")
+        options["timestep_respacing"] = f"ddim{steps}" if sampler == "ddim" else str(steps)
+    for name, value in (("classifier_scale", classifier_scale), ("cfg_scale", cfg_scale)):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if classifier is None and classifier_scale is not None:
+        raise ValueError("classifier_scale needs a classifier: pass classifier=gcg.load_model(PATH)[0] "
+                         "(a noise-aware classifier, e.g. from `python -m gcg.train --preset digits-classifier`)")
+    if isinstance(classifier, (str, Path)):
+        from gcg.checkpoint import load_model
+
+        classifier = load_model(classifier, device=device or _device_of(model))[0]
+    if classifier is not None:
+        kind = getattr(getattr(classifier, "config", None), "kind", None)
+        if kind not in (None, "classifier"):
+            raise ValueError(f"classifier= got a {kind} network, not a noise-aware classifier: train one "
+                             "with `python -m gcg.train --preset digits-classifier` and load it with "
+                             "gcg.load_model")
+    return sample(model, diffusion, num_samples, batch_size=batch_size, class_labels=class_labels,
+                  sampler=sampler, classifier=classifier,
+                  classifier_scale=1.0 if classifier_scale is None else classifier_scale,
+                  cfg_scale=cfg_scale or 0.0, seed=seed, device=device, progress=progress, **options)
+
+
+class _WithoutLabels(torch.nn.Module):
+    """An unconditional network under classifier guidance: called without the labels y."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, t, y=None, **kwargs):
+        return self.model(x, t, **kwargs)
 
 
 def _classifier_classes(classifier) -> int:
@@ -175,18 +250,22 @@ def save_samples(images: torch.Tensor, labels, out_dir) -> Path:
     return path
 
 
-def save_grid(images: torch.Tensor, path, nrow: int | None = None, labels=None) -> Path:
+def save_grid(images: torch.Tensor, path, nrow: int | None = None, labels=None, tile: int = 64) -> Path:
     """A PNG of images [N, C, H, W] in [-1, 1] as a grid (nrow per row, default ~sqrt(N)); for
-    vector data [N, D] a scatter plot of the first two coordinates (coloured by `labels`)."""
+    vector data [N, D] a scatter plot of the first two coordinates (coloured by `labels`).
+
+    Each image is enlarged by nearest-neighbour upsampling to the largest integer multiple of its
+    size not above `tile` pixels (8x8 digits: 8x, 64 px; 32x32: 2x; at least 1x), with white
+    separators a sixteenth of a tile wide, then tiled by ``torchvision.utils.save_image``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if images.ndim == 2:
         return _save_scatter(images, path, labels)
-    from PIL import Image
+    from torchvision.utils import save_image
 
-    nrow = nrow or math.ceil(math.sqrt(len(images)))
-    grid = image_grid(images, nrow, tile=max(32, images.shape[-1]), pad_value=1.0)
-    Image.fromarray(grid).save(path)
+    tiles, padding = enlarge_for_grid(images, tile)
+    save_image(tiles, path, nrow=nrow or math.ceil(math.sqrt(len(tiles))), padding=padding, pad_value=1.0)
     return path
 
 
