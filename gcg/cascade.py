@@ -275,6 +275,35 @@ def super_res_kwargs(
     return {"low_res": low, "aug_level": s.to(device=x_high.device, dtype=torch.float32)}
 
 
+def random_crops(
+    images: torch.Tensor, size: int, generator: Optional[torch.Generator] = None, align: int = 2
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One random ``size`` x ``size`` crop of each image, at offsets that are multiples of ``align``.
+
+    Training data for a fully convolutional super-resolution stage: with ``align`` equal to the
+    downsampling factor, ``downsample(crop)`` is the matching crop of ``downsample(image)``, so a
+    model trained on crops sees the same (low, high) pairs as one trained on whole images, at a
+    fraction of the cost, and is then applied at full size.
+
+    :param images: [N, C, H, W].
+    :return: (crops [N, C, size, size], offsets [N, 2] (row, column) int64).
+    """
+    _check_images(images, "images")
+    n, _, height, width = images.shape
+    if align < 1 or size % align:
+        raise ValueError(f"crop size {size} must be a multiple of align={align} (the downsampling factor)")
+    if not 0 < size <= min(height, width):
+        raise ValueError(f"crop size must lie in [1, {min(height, width)}] for {height}x{width} images, got {size}")
+    choices = (torch.tensor([height, width]) - size) // align + 1  # offsets per axis
+    u = _rand((n, 2), generator, "cpu")
+    offsets = (u * choices).long().clamp_max(choices - 1) * align
+    rows = offsets[:, 0, None] + torch.arange(size)  # [N, size]
+    cols = offsets[:, 1, None] + torch.arange(size)
+    idx = torch.arange(n)[:, None, None]
+    crops = images.permute(0, 2, 3, 1)[idx, rows[:, :, None].to(images.device), cols[:, None, :].to(images.device)]
+    return crops.permute(0, 3, 1, 2).contiguous(), offsets
+
+
 # ----------------------------------------------------------------------------------------------
 # the sampling pipeline
 

@@ -159,9 +159,9 @@ def _offline() -> dict[str, TrainConfig]:
         "glyphs32-sr16": TrainConfig(
             task="super_res", model="sr32_small", dataset="glyphs", image_size=32, low_res_size=16,
             augment="gaussian", max_aug_level=0.4, noise_schedule="cosine", model_mean_type="start_x",
-            batch_size=32, lr=1e-3, max_steps=1500, ema_rates=(0.995,), sample_every=500,
+            batch_size=16, lr=1e-3, max_steps=1500, ema_rates=(0.995,), sample_every=500,
             num_sample_images=100,
-            model_overrides=dict(channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(),
+            model_overrides=dict(channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(),
                                  resblock_updown=False),
             description="cascade stage 2 (CPU): 16->32 font-digit super-resolution, x0-prediction, Gaussian aug"),
         "toy": TrainConfig(

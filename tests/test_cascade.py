@@ -507,3 +507,57 @@ def test_cascade_forwards_cond_at_to_a_ddpm_base_stage():
                                          model_kwargs={"y": y}, cond_at=cond_at, generator=generator)
         assert torch.allclose(results[cond_at], direct, atol=1e-6), cond_at
     assert (results["x_t"] - results["mean"]).abs().max() > 1e-3
+
+
+# ----------------------------------------------------------------------------- crops for SR training
+
+
+def test_random_crops_are_aligned_windows_that_commute_with_downsampling():
+    from gcg.cascade import random_crops
+    from gcg.images import downsample
+
+    x = _images(2000, c=1, size=32, seed=3)
+    crops, offsets = random_crops(x, 16, generator=torch.Generator().manual_seed(0), align=2)
+    assert crops.shape == (2000, 1, 16, 16) and offsets.shape == (2000, 2)
+    assert (offsets % 2 == 0).all() and offsets.min() >= 0 and offsets.max() <= 16
+    # every even offset 0, 2, ..., 16 occurs on both axes (uniform over the 9 choices)
+    assert sorted(offsets[:, 0].unique().tolist()) == list(range(0, 17, 2))
+    assert sorted(offsets[:, 1].unique().tolist()) == list(range(0, 17, 2))
+    for i in range(0, 2000, 97):
+        r, c = offsets[i].tolist()
+        assert torch.equal(crops[i], x[i, :, r:r + 16, c:c + 16])
+    # D(crop) is the matching crop of D(x): the (low, high) pairs of whole images
+    low, low_crops = downsample(x, 16), downsample(crops, 8)
+    for i in range(0, 2000, 97):
+        r, c = (offsets[i] // 2).tolist()
+        torch.testing.assert_close(low_crops[i], low[i, :, r:r + 8, c:c + 8])
+    again, _ = random_crops(x, 16, generator=torch.Generator().manual_seed(0), align=2)
+    assert torch.equal(again, crops)
+
+
+def test_random_crops_bad_input():
+    from gcg.cascade import random_crops
+
+    x = _images(4, size=32)
+    with pytest.raises(ValueError, match="multiple of align"):
+        random_crops(x, 15, align=2)
+    with pytest.raises(ValueError, match=r"crop size must lie in \[1, 32\]"):
+        random_crops(x, 34)
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
+        random_crops(x[0], 16)
+
+
+def test_glyph_sr_preset_trains_on_crops_and_runs_on_whole_images():
+    """The glyphs32-sr16 network is fully convolutional (plus size-agnostic attention): built for
+    16x16 crops, it takes 32x32 images with 16x16 conditions."""
+    from gcg.presets import get_preset
+    from gcg.train import build_model_config
+
+    cfg = dataclasses.replace(get_preset("glyphs32-sr16"), image_size=16, low_res_size=8)
+    model = create_model(build_model_config(cfg, (1, 16, 16), 10))
+    n = 2
+    kw = dict(y=torch.tensor([1, 2]), aug_level=torch.tensor([0.0, 100.0]))
+    out_crop = model(_images(n, size=16), torch.tensor([5, 9]), low_res=_images(n, size=8), **kw)
+    out_full = model(_images(n, size=32), torch.tensor([5, 9]), low_res=_images(n, size=16), **kw)
+    assert out_crop.shape == (n, 1, 16, 16) and out_full.shape == (n, 1, 32, 32)
+    assert model.config.attention_resolutions == () and model.config.aug_level_cond
