@@ -454,8 +454,8 @@ assert 0.4 <= float(sigmas[sigmas > 0].min()) and float(sigmas.max()) <= 0.6
 # - a class-conditional **16×16 base model** (preset `glyphs16`, $\epsilon$-prediction);
 # - two class-conditional **16→32 SR stages** (preset `glyphs32-sr16`, $x_0$-prediction),
 #   identical but for the augmentation: **none**, or **Gaussian** with $s$ uniform on
-#   $\{0, \dots, 399\}$ of the 1000-step cosine chain. Every layer is a convolution except the
-#   middle block's self-attention, which takes any number of positions, so the stages train on
+#   $\{0, \dots, 399\}$ of the 1000-step cosine chain. Every layer works at any size
+#   (convolutions, group norms, self-attention over any number of positions), so they train on
 #   random 16×16 crops of the 32×32 images (8×8 conditions; `random_crops` cuts at even offsets,
 #   so the crop of $D(x_0)$ is $D$ of the crop) at a quarter of the cost, and run on whole images.
 #
