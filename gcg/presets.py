@@ -131,7 +131,7 @@ def _offline() -> dict[str, TrainConfig]:
         model="digits8_small", dataset="digits", image_size=8, noise_schedule="cosine",
         diffusion_steps=1000, batch_size=128, lr=1e-3, max_steps=800, ema_rates=(0.999,), ema_warmup=True,
         p_uncond=0.1, log_every=50, sample_every=500, num_sample_images=100,
-        description="8x8 sklearn digits, class-conditional 1.2M UNet, CFG-ready (2 CPU cores: ~10 min)")
+        description="8x8 sklearn digits, class-conditional 1.2M UNet, CFG-ready (2 idle CPU cores: ~5 min)")
     return {
         "digits": digits,
         "digits-classifier": dataclasses.replace(
