@@ -139,6 +139,10 @@ def score(snapshot: Path, judge: Judge, num_samples: int, which: list[str] | Non
     from gcg.sample import sample
 
     payload = torch.load(snapshot, weights_only=True)
+    unknown = sorted(set(which or ()) - set(payload["weights"]))
+    if unknown:
+        raise SystemExit(f"bench_digits.py: --weights {unknown} not in {snapshot.name}; "
+                         f"stored: {','.join(payload['weights'])}")
     out = {}
     for name, weights in payload["weights"].items():
         if which and name not in which:
@@ -163,14 +167,15 @@ def score(snapshot: Path, judge: Judge, num_samples: int, which: list[str] | Non
     return out
 
 
-def parse_steps(text: str) -> list[int]:
+def parse_list(text: str, flag: str, kind, example: str) -> list:
+    """A comma-separated list of `kind` (int or float); a bad one exits with a one-line error."""
     try:
-        steps = [int(s) for s in text.split(",") if s.strip()]
+        values = [kind(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise SystemExit(f"bench_digits.py: --snapshots {text!r}: give step numbers like 400,800") from None
-    if not steps or min(steps) < 1:
-        raise SystemExit(f"bench_digits.py: --snapshots {text!r}: give positive step numbers like 400,800")
-    return steps
+        values = []
+    if not values or any(v < 0 for v in values):
+        raise SystemExit(f"bench_digits.py: {flag} {text!r}: give {example}")
+    return values
 
 
 def main(argv=None):
@@ -187,9 +192,25 @@ def main(argv=None):
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = apply_overrides(apply_overrides(get_preset("digits"), {"out_dir": str(out)}), args.set)
-    snapshots = parse_steps(args.snapshots or str(config.max_steps))
-    rates = [float(r) for r in args.rates.split(",")]
+    try:
+        config = apply_overrides(apply_overrides(get_preset("digits"), {"out_dir": str(out)}), args.set)
+    except ValueError as exc:
+        raise SystemExit(f"bench_digits.py: {exc}") from None
+    snapshots = parse_list(args.snapshots or str(config.max_steps), "--snapshots", int,
+                           f"steps in 1..max_steps={config.max_steps}, e.g. 400,800")
+    if min(snapshots) < 1 or max(snapshots) > config.max_steps:
+        raise SystemExit(f"bench_digits.py: --snapshots {args.snapshots}: give steps in 1..max_steps="
+                         f"{config.max_steps} (or raise it with --set max_steps=N)")
+    rates = parse_list(args.rates, "--rates", float, "EMA rates in (0, 1), e.g. 0.995,0.999")
+    if any(not 0 < r < 1 for r in rates):
+        raise SystemExit(f"bench_digits.py: --rates {args.rates}: give EMA rates in (0, 1), e.g. 0.995,0.999")
+    seeds = parse_list(args.seeds, "--seeds", int, "sampling seeds >= 0, e.g. 0,1,2")
+    if args.num_samples < 100:
+        raise SystemExit(f"bench_digits.py: --num-samples {args.num_samples}: give at least 100 (FD100 uses 100)")
+    missing = [s for s in snapshots if not (out / f"snapshot_{s:07d}.pt").is_file()]
+    if args.no_train and missing:
+        raise SystemExit(f"bench_digits.py: --no-train: no snapshot of step(s) {missing} in {out}; "
+                         "train first (drop --no-train)")
     report = {"config": config.to_dict()}
     if not args.no_train:
         report["timing"] = timed_run(config, rates, snapshots, out)
@@ -199,8 +220,7 @@ def main(argv=None):
     print(f"{'real test digits':>31} " + " ".join(f"{k} {v:.3f}" for k, v in judge.reference.items()))
     which = args.weights.split(",") if args.weights else None
     for step in snapshots:
-        report["quality"][step] = score(out / f"snapshot_{step:07d}.pt", judge, args.num_samples, which,
-                                        [int(x) for x in args.seeds.split(",")])
+        report["quality"][step] = score(out / f"snapshot_{step:07d}.pt", judge, args.num_samples, which, seeds)
     name = "bench_digits.json" if not args.no_train else "bench_digits_scores.json"
     (out / name).write_text(json.dumps(report, indent=1))
 

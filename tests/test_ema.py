@@ -116,3 +116,25 @@ def test_paper_recipes_keep_the_constant_rate_and_small_presets_warm_up():
     for name in ("imagenet64", "imagenet64-base32", "imagenet64-sr32"):
         assert (get_preset(name).ema_rates, get_preset(name).ema_warmup) == ((0.9999,), False), name
     assert get_preset("digits").ema_warmup and get_preset("toy").ema_warmup
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--snapshots", "a,b"], "--snapshots 'a,b': give steps"),
+    (["--snapshots", "900"], "give steps in 1..max_steps=800"),
+    (["--rates", "1.5"], "--rates 1.5: give EMA rates in (0, 1)"),
+    (["--seeds", "x"], "--seeds 'x': give sampling seeds"),
+    (["--num-samples", "10"], "give at least 100"),
+    (["--set", "bogus=1"], "unknown config key 'bogus'"),
+    (["--no-train", "--snapshots", "800"], "no snapshot of step(s) [800]"),
+])
+def test_bench_digits_rejects_bad_arguments_in_one_line(tmp_path, args, message):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_digits.py"
+    spec = importlib.util.spec_from_file_location("bench_digits", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--out", str(tmp_path), *args])
+    assert message in str(exc.value) and "\n" not in str(exc.value)
