@@ -364,8 +364,9 @@ def ema_warmup_rate(rate: float, step: int) -> float:
     Diffusion (``LitEma``), score-SDE and diffusers trainers. The random initial weights are
     forgotten at once: after k updates their share of the average is
     prod_{n<k} (1 + n) / (10 + n) = 1 / C(k + 9, 9) (1e-5 at k = 10), against rate**k without
-    warm-up (30 % for 0.999 after 1200 steps). Until the cap, 1 - rate_n = 9 / (10 + n): a
-    power-function average (Karras et al. 2024) over about the last tenth of training; from step
+    warm-up (30 % for 0.999 after 1200 steps). Until the cap the weights of step n enter the
+    average with weight proportional to (n + 2)(n + 3)...(n + 9) ~ n^8: the power-function EMA of
+    Karras et al. 2024 with gamma = 8 (centred at 90 % of the run, relative width 0.09); from step
     (10 rate - 1) / (1 - rate) on (8990 for 0.999) it is the constant `rate`.
     """
     return min(rate, (1.0 + step) / (10.0 + step))
