@@ -1,6 +1,7 @@
 """Evaluate samples against reference images: IS, FID, sFID, precision, recall (and KID).
 
     python -m gcg.evaluate REF SAMPLES [--features inception|domain:PATH] [--inception-weights W]
+                           [--preprocess adm|pytorch-fid]
     python -m gcg.evaluate REF --save-ref ref_stats.npz        # compute and keep reference statistics
 
 REF and SAMPLES are each an ``.npz`` of images (``arr_0`` uint8 NHWC, optional ``arr_1`` labels, as
@@ -13,6 +14,13 @@ pool features; sFID on spatial features; precision/recall with k = 3 on pool fea
 (Kynkäänniemi et al. 2019), all as in the ADM evaluator (Dhariwal & Nichol 2021). With
 ``--features domain:PATH`` the same numbers are computed on a gcg-trained network's features and
 printed as "FD (domain features)" etc.: they are not comparable to published FID.
+
+``--preprocess`` (Inception features only) picks how images reach the network
+(:class:`gcg.inception.FIDInceptionV3`): ``adm`` (default) is the TF graph's own resize and
+scaling, as in ADM's ``evaluations/evaluator.py``: compare with the tables of Dhariwal & Nichol
+(2021) and with papers that report with its reference batches. ``pytorch-fid`` reproduces
+pytorch-fid: compare with papers that used it. Statistics files record the mode, and a file from
+the other mode is refused.
 """
 
 from __future__ import annotations
@@ -104,16 +112,21 @@ def _file_digest(path) -> str:
     return h.hexdigest()[:12]
 
 
-def build_extractor(features: str = "inception", inception_weights=None, device="cpu"):
+def build_extractor(features: str = "inception", inception_weights=None, device="cpu", preprocess: str | None = None):
     """Parse ``--features``: ``"inception"`` (FID Inception-v3 from a user-supplied weights file) or
     ``"domain:PATH"`` (a :mod:`gcg.features` network). Returns (extractor, name) where name
-    identifies the network (kind + weights digest) and is stored with reference statistics."""
+    identifies the network (kind + weights digest) and is stored with reference statistics.
+
+    ``preprocess`` (Inception only; None = ``"adm"``): ``"adm"`` matches ADM's evaluator.py,
+    ``"pytorch-fid"`` matches pytorch-fid; the extractor's ``preprocess`` attribute holds it."""
     if features == "inception":
         from gcg.inception import INCEPTION_WEIGHTS_ENV, load_fid_inception
 
         weights = inception_weights or os.environ.get(INCEPTION_WEIGHTS_ENV)
-        net = load_fid_inception(weights, device=device)
+        net = load_fid_inception(weights, device=device, preprocess=preprocess or "adm")
         return net, f"inception:{_file_digest(weights)}"
+    if preprocess is not None and features.startswith("domain:"):
+        raise ValueError("--preprocess applies to --features inception only; drop it for domain:PATH features.")
     if features.startswith("domain:"):
         from gcg.features import load_feature_net
 
@@ -160,11 +173,14 @@ def reference_statistics(activations: dict[str, np.ndarray]) -> dict[str, np.nda
             "pool": activations["pool"], "spatial": activations["spatial"]}
 
 
-def save_reference(path, activations: dict[str, np.ndarray], feature_network: str) -> None:
-    """Write :func:`reference_statistics` to an ``.npz`` (atomically), tagged with the network.
+def save_reference(path, activations: dict[str, np.ndarray], feature_network: str, preprocess: str | None = None) -> None:
+    """Write :func:`reference_statistics` to an ``.npz`` (atomically), tagged with the network and,
+    for Inception features, the preprocessing mode (``"adm"`` / ``"pytorch-fid"``).
     The spatial features themselves are not kept (their statistics are)."""
     stats = reference_statistics(activations)
     del stats["spatial"]
+    if preprocess is not None:
+        stats["preprocess"] = np.array(preprocess)
     path = str(path)
     tmp = path + ".tmp.npz"
     np.savez(tmp, feature_network=np.array(feature_network), **stats)
@@ -172,13 +188,21 @@ def save_reference(path, activations: dict[str, np.ndarray], feature_network: st
 
 
 def load_reference(path) -> dict:
-    """Read a file written by :func:`save_reference` (or an ADM reference batch's statistics)."""
+    """Read a file written by :func:`save_reference` (or an ADM reference batch's statistics).
+    ``feature_network`` and ``preprocess`` are None where the file does not say; Inception
+    statistics from before modes were recorded were computed with ``"pytorch-fid"``."""
     with np.load(path) as data:
         missing = [k for k in ("mu", "sigma", "mu_s", "sigma_s") if k not in data]
         if missing:
             raise ValueError(f"{path}: not a statistics file, missing {missing}.")
         ref = {k: data[k] for k in data.keys() if k != "arr_0"}
     ref["feature_network"] = str(ref["feature_network"]) if "feature_network" in ref else None
+    if "preprocess" in ref:
+        ref["preprocess"] = str(ref["preprocess"])
+    elif (ref["feature_network"] or "").startswith("inception"):
+        ref["preprocess"] = "pytorch-fid"
+    else:
+        ref["preprocess"] = None
     return ref
 
 
@@ -239,10 +263,16 @@ def evaluate_activations(
 
 
 def format_results(result: dict, feature_network: str) -> str:
-    """Human-readable lines; on domain features every name says so."""
+    """Human-readable lines; on domain features every name says so, on Inception features the
+    first line names the preprocessing mode (``result["preprocess"]``)."""
     domain = feature_network.startswith("domain")
     tag = " (domain features)" if domain else ""
-    lines = [f"Feature network: {feature_network}" + (" -- not comparable to published FID/IS" if domain else "")]
+    mode = result.get("preprocess")
+    lines = [
+        f"Feature network: {feature_network}"
+        + (" -- not comparable to published FID/IS" if domain else "")
+        + (f" (--preprocess {mode}: {'as ADM' if mode == 'adm' else 'as pytorch-fid'})" if mode else "")
+    ]
     lines.append(f"Samples: {result['num_samples']}")
     lines.append(f"{'IS (domain classifier)' if domain else 'Inception Score'}: {result['inception_score']:.4f}")
     lines.append(f"{'FD' if domain else 'FID'}{tag}: {result['fid']:.4f}")
@@ -261,6 +291,9 @@ def _parser():
     p.add_argument("samples", nargs="?", help="sample images (.npz with arr_0, e.g. from gcg.sample, or a folder)")
     p.add_argument("--features", default="inception", help="'inception' (default) or 'domain:PATH' (gcg.features network)")
     p.add_argument("--inception-weights", default=None, help="FID Inception-v3 state dict (default: $GCG_INCEPTION_WEIGHTS)")
+    p.add_argument("--preprocess", choices=["adm", "pytorch-fid"], default=None,
+                   help="Inception input preprocessing: 'adm' (default; the TF graph's, as ADM's evaluator.py and "
+                        "its papers' tables) or 'pytorch-fid' (as pytorch-fid)")
     p.add_argument("--save-ref", default=None, help="write reference statistics of REF to this .npz")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -274,7 +307,8 @@ def _parser():
 
 def _run(args) -> dict | None:
     progress = not args.no_progress
-    extractor, name = build_extractor(args.features, args.inception_weights, args.device)
+    extractor, name = build_extractor(args.features, args.inception_weights, args.device, args.preprocess)
+    mode = getattr(extractor, "preprocess", None)  # None for domain networks
     if _is_stats_file(args.ref):
         ref = load_reference(args.ref)
         if ref["feature_network"] not in (None, name):
@@ -282,19 +316,26 @@ def _run(args) -> dict | None:
                 f"{args.ref} was computed with feature network {ref['feature_network']}, but you are "
                 f"evaluating with {name}; recompute it with --save-ref and the same --features."
             )
+        if mode is not None and ref["preprocess"] not in (None, mode):
+            raise ValueError(
+                f"{args.ref} was computed with --preprocess {ref['preprocess']}, but you are evaluating with "
+                f"--preprocess {mode}; pass --preprocess {ref['preprocess']} or recompute it with --save-ref."
+            )
         if args.save_ref:
             print(f"{args.ref} already holds statistics; nothing to save")
     else:
         ref_acts = compute_activations(extractor, args.ref, args.batch_size, args.device, progress)
         ref = reference_statistics(ref_acts)
         if args.save_ref:
-            save_reference(args.save_ref, ref_acts, name)
+            save_reference(args.save_ref, ref_acts, name, mode)
             print(f"saved reference statistics of {len(ref_acts['pool'])} images to {args.save_ref}")
     if args.samples is None:
         return None
     sample_acts = compute_activations(extractor, args.samples, args.batch_size, args.device, progress)
     result = evaluate_activations(ref, sample_acts, args.k, args.is_splits, args.kid, progress)
     result["feature_network"] = name
+    if mode is not None:
+        result["preprocess"] = mode
     print(format_results(result, name))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -13,18 +13,31 @@ One forward pass gives the three feature sets the metrics need (:meth:`FIDIncept
 
 It differs from torchvision's ImageNet Inception-v3 in the ways the 2015 graph does: 1008
 classes, average pools that exclude padding, and a *max* pool in the pool branch of ``Mixed_7c``.
-Module names follow torchvision, so the pytorch-fid port of the TF weights
-(``pt_inception-2015-12-05-6726825d.pth``) loads directly with :func:`load_fid_inception`.
 
-The weights are not bundled and cannot be downloaded at run time here: pass a file you fetched
-yourself. Inputs are images in [-1, 1], resized to 299x299 with PyTorch's bilinear filter (as in
-pytorch-fid; the TF graph's legacy resize differs slightly, so published numbers are matched
-closely but not to every digit).
+Preprocessing (``preprocess=``), the one place where published evaluators disagree:
+
+- ``"adm"`` (default): what the TensorFlow graph itself does to its ``ExpandDims:0`` input, so
+  what ADM's ``evaluations/evaluator.py`` (the FID/sFID/IS/precision/recall of Dhariwal & Nichol
+  2021's tables and of papers that report with its reference batches), the original TF FID code
+  and torch-fidelity compute: TF1's legacy bilinear resize to 299x299 (:func:`resize_bilinear_tf1`)
+  of pixels u in [0, 255], then ``(u - 128) / 128``.
+- ``"pytorch-fid"``: what pytorch-fid does (papers that state they used it): PyTorch's bilinear
+  resize with half-pixel centres, then ``u / 127.5 - 1``. Its pool features differ from the
+  graph's, enough to move the last digits of a published FID; never compare numbers across modes.
+
+Weights are not bundled and cannot be downloaded at run time here: pass a file you fetched
+yourself to :func:`load_fid_inception`. Both ports of the TF graph that users hold load as they
+are: pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` and torch-fidelity's
+``weights-inception-2015-12-05-6726825d.pth`` (module names of torchvision's Inception3:
+``Conv2d_1a_3x3.conv.weight``, ``Mixed_5b.branch1x1.bn.running_mean``, ..., ``fc.weight`` [1008,
+2048]; BatchNorm step counters optional).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 
 import torch
 import torch.nn.functional as F
@@ -32,16 +45,80 @@ from torch import nn
 
 from gcg.metrics import spatial_features
 
-__all__ = ["FIDInceptionV3", "load_fid_inception", "INCEPTION_WEIGHTS_ENV", "WEIGHTS_HELP"]
+__all__ = [
+    "FIDInceptionV3",
+    "load_fid_inception",
+    "resize_bilinear_tf1",
+    "PREPROCESS_MODES",
+    "INCEPTION_WEIGHTS_ENV",
+    "WEIGHTS_HELP",
+]
+
+# mode -> the evaluator it reproduces (for messages and docs)
+PREPROCESS_MODES = {
+    "adm": "TF graph preprocessing as in ADM's evaluator.py: TF1 bilinear resize, (u - 128) / 128",
+    "pytorch-fid": "pytorch-fid's preprocessing: PyTorch bilinear resize, u / 127.5 - 1",
+}
 
 INCEPTION_WEIGHTS_ENV = "GCG_INCEPTION_WEIGHTS"
 WEIGHTS_HELP = (
     "The FID Inception-v3 weights are not shipped with gcg and cannot be downloaded here. On a "
     "machine with internet, download pt_inception-2015-12-05-6726825d.pth (the pytorch-fid port "
-    "of TensorFlow's inception-2015-12-05 graph, from the pytorch-fid GitHub releases) and pass "
+    "of TensorFlow's inception-2015-12-05 graph, from the pytorch-fid GitHub releases; torch-fidelity's "
+    "weights-inception-2015-12-05-6726825d.pth works too) and pass "
     f"its path (--inception-weights PATH, or the {INCEPTION_WEIGHTS_ENV} environment variable). "
     "Offline, use a gcg-trained domain feature network instead (gcg.features, --features domain:PATH)."
 )
+
+
+def check_preprocess(preprocess: str) -> str:
+    """Return ``preprocess`` if it names a mode of :data:`PREPROCESS_MODES`, else raise ValueError."""
+    if preprocess not in PREPROCESS_MODES:
+        raise ValueError(
+            f"preprocess must be 'adm' (ADM's evaluator, the TF graph) or 'pytorch-fid', got {preprocess!r}."
+        )
+    return preprocess
+
+
+def _tf1_sampling(in_size: int, out_size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source pixels and weights of TF1's legacy bilinear resize along one axis.
+
+    Output pixel j reads the source at s_j = j * (in_size / out_size) (float32, as TF computes it):
+    no half-pixel centres, so output 0 is source pixel 0 exactly and the last outputs clamp to the
+    last source pixel. Returns (lower [out], upper [out], fraction s_j - lower [out]).
+    """
+    scale = torch.tensor(in_size, dtype=torch.float32) / out_size
+    src = torch.arange(out_size, dtype=torch.float32) * scale
+    lower = src.floor()
+    frac = src - lower
+    lower = lower.long()
+    upper = (lower + 1).clamp(max=in_size - 1)
+    return lower.to(device), upper.to(device), frac.to(device)
+
+
+def resize_bilinear_tf1(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``tf.compat.v1.image.resize_bilinear(x, size, align_corners=False)`` (half_pixel_centers=False),
+    the resize inside the ``inception-2015-12-05`` graph.
+
+    Along each axis output j interpolates the source at j * in / out between its floor and the
+    next pixel (clamped at the border), rows after columns as TF does. No antialiasing.
+
+    Args:
+        x: [N, C, H, W] float images (any range).
+        size: (out_H, out_W).
+    Returns:
+        [N, C, out_H, out_W], same dtype as x.
+    """
+    if x.ndim != 4 or not x.is_floating_point():
+        raise ValueError(f"expected float images [N, C, H, W], got {tuple(x.shape)} {x.dtype}.")
+    out_h, out_w = size
+    y0, y1, fy = _tf1_sampling(x.shape[-2], out_h, x.device)
+    x0, x1, fx = _tf1_sampling(x.shape[-1], out_w, x.device)
+    fx, fy = fx.to(x.dtype), fy.to(x.dtype)
+    left, right = x.index_select(-1, x0), x.index_select(-1, x1)
+    rows = left + (right - left) * fx  # [N, C, H, out_W]
+    top, bottom = rows.index_select(-2, y0), rows.index_select(-2, y1)
+    return top + (bottom - top) * fy[:, None]
 
 
 class BasicConv2d(nn.Module):
@@ -194,13 +271,18 @@ class FIDInceptionV3(nn.Module):
         resize_input: bilinearly resize inputs to 299x299 (the network's native size; the
             17x17 spatial map of sFID exists only at 299).
         spatial_channels: channels of ``mixed_6/conv`` kept for sFID (7, as in the ADM evaluator).
+        preprocess: ``"adm"`` (the TF graph's resize and scaling, as ADM's evaluator.py: use it
+            to compare with the ADM papers' tables) or ``"pytorch-fid"`` (as pytorch-fid); see
+            :meth:`network_input`.
     """
 
     num_classes = 1008
+    input_size = 299
 
-    def __init__(self, resize_input: bool = True, spatial_channels: int = 7):
+    def __init__(self, resize_input: bool = True, spatial_channels: int = 7, preprocess: str = "adm"):
         super().__init__()
         self.resize_input = resize_input
+        self.preprocess = check_preprocess(preprocess)
         self.spatial_channels = spatial_channels
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, 3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, 3)
@@ -242,19 +324,38 @@ class FIDInceptionV3(nn.Module):
         if not self.resize_input and min(x.shape[-2:]) < 75:
             raise ValueError(f"Inception-v3 needs at least 75x75 inputs, got {tuple(x.shape[-2:])}; use resize_input=True.")
 
-    @torch.no_grad()
-    def extract(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Features of images x [N, C, H, W] in [-1, 1] (C = 1 is repeated to RGB).
+    def network_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the first convolution sees, for images x [N, C, H, W] in [-1, 1] (x = u / 127.5 - 1
+        for pixels u in [0, 255]; C = 1 is repeated to RGB). Returns [N, 3, 299, 299] float32
+        (or [N, 3, H, W] with ``resize_input=False``):
 
-        Returns a dict of float32 tensors: ``pool`` [N, 2048], ``spatial``
-        [N, h * w * spatial_channels] (2023 at 299x299), ``logits`` [N, 1008] (bias-free, for IS).
+        - ``"adm"``: u resized by :func:`resize_bilinear_tf1`, then (u - 128) / 128, the graph's
+          ``Sub`` and ``Mul(0.0078125)`` nodes; u = 0, 128, 255 -> -1, 0, 127/128.
+        - ``"pytorch-fid"``: x resized by ``F.interpolate(bilinear, align_corners=False)``
+          (half-pixel centres); u = 0, 255 -> -1, 1.
         """
         self._check_input(x)
         x = x.float()
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        if self.resize_input and tuple(x.shape[-2:]) != (299, 299):
-            x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        size = (self.input_size, self.input_size)
+        resize = self.resize_input and tuple(x.shape[-2:]) != size
+        if self.preprocess == "pytorch-fid":
+            return F.interpolate(x, size=size, mode="bilinear", align_corners=False) if resize else x
+        u = (x + 1) * 127.5  # back to the pixel values the TF graph is fed
+        if resize:
+            u = resize_bilinear_tf1(u, size)
+        return (u - 128) / 128
+
+    @torch.no_grad()
+    def extract(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features of images x [N, C, H, W] in [-1, 1] (C = 1 is repeated to RGB), after
+        :meth:`network_input`.
+
+        Returns a dict of float32 tensors: ``pool`` [N, 2048], ``spatial``
+        [N, h * w * spatial_channels] (2023 at 299x299), ``logits`` [N, 1008] (bias-free, for IS).
+        """
+        x = self.network_input(x)
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, 3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
@@ -279,18 +380,35 @@ def load_fid_inception(path: str | os.PathLike | None = None, device="cpu", **kw
     """Build :class:`FIDInceptionV3` and load weights from a user-supplied state-dict file.
 
     Args:
-        path: a ``torch.save``-d state dict (e.g. ``pt_inception-2015-12-05-6726825d.pth``);
-            None reads the ``GCG_INCEPTION_WEIGHTS`` environment variable.
+        path: a ``torch.save``-d state dict of the TF graph's weights: pytorch-fid's
+            ``pt_inception-2015-12-05-6726825d.pth`` or torch-fidelity's
+            ``weights-inception-2015-12-05-6726825d.pth`` (same key names; a ``{"state_dict": ...}``
+            wrapper is unwrapped); None reads the ``GCG_INCEPTION_WEIGHTS`` environment variable.
+        **kwargs: for :class:`FIDInceptionV3` (``preprocess="adm"`` or ``"pytorch-fid"``, ...).
     Raises:
         FileNotFoundError with instructions when no file is given or it does not exist;
-        ValueError naming the first missing / unexpected / mis-shaped tensor.
+        ValueError for a file that is not a tensor state dict (TensorFlow's ``.pb`` graph, a
+        pickled module), or naming the first missing / unexpected / mis-shaped tensor.
     """
     path = path or os.environ.get(INCEPTION_WEIGHTS_ENV)
     if not path:
         raise FileNotFoundError("No Inception weights file given. " + WEIGHTS_HELP)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Inception weights file {str(path)!r} does not exist. " + WEIGHTS_HELP)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError):
+        if zipfile.is_zipfile(path):  # torch.save's format, but with pickled objects beside tensors
+            raise ValueError(
+                f"{path} holds pickled Python objects, not only tensors (a whole model saved with "
+                "torch.save(model)?); save model.state_dict() instead and pass that file."
+            ) from None
+        raise ValueError(
+            f"{path} is not a PyTorch state-dict file. TensorFlow's classify_image_graph_def.pb "
+            "cannot be read; use its PyTorch port. " + WEIGHTS_HELP
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors. " + WEIGHTS_HELP)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     model = FIDInceptionV3(**kwargs)

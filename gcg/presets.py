@@ -55,6 +55,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max global grad norm; 0 = off
     max_steps: int = 1000
     ema_rates: tuple[float, ...] = (0.999,)
+    ema_warmup: bool = False  # rate_t = min(rate, (1 + t) / (10 + t)) (gcg.train.ema_warmup_rate); off = ADM
     precision: str = "fp32"  # "fp32" | "bf16" (autocast) | "fp16" (autocast + dynamic loss scaling)
     compile: bool = False  # torch.compile the model
     channels_last: bool = False
@@ -125,11 +126,12 @@ def _imagenet64_cascade() -> dict[str, TrainConfig]:
 
 
 def _offline() -> dict[str, TrainConfig]:
+    # 800 steps with the EMA warm-up score as well as 1200 steps' raw weights (benchmarks/README.md)
     digits = TrainConfig(
         model="digits8_small", dataset="digits", image_size=8, noise_schedule="cosine",
-        diffusion_steps=1000, batch_size=128, lr=1e-3, max_steps=1200, ema_rates=(0.999,),
+        diffusion_steps=1000, batch_size=128, lr=1e-3, max_steps=800, ema_rates=(0.999,), ema_warmup=True,
         p_uncond=0.1, log_every=50, sample_every=500, num_sample_images=100,
-        description="8x8 sklearn digits, class-conditional 1.2M UNet, CFG-ready (2 CPU cores: ~10 min)")
+        description="8x8 sklearn digits, class-conditional 1.2M UNet, CFG-ready (2 idle CPU cores: ~5 min)")
     return {
         "digits": digits,
         "digits-classifier": dataclasses.replace(
@@ -138,7 +140,7 @@ def _offline() -> dict[str, TrainConfig]:
             description="noise-aware classifier on the 8x8 digits, for classifier guidance"),
         "photo32": TrainConfig(
             model="patch32_small", dataset="photo-patches", image_size=32, noise_schedule="cosine",
-            batch_size=64, lr=5e-4, max_steps=2000, ema_rates=(0.999,), sample_every=500,
+            batch_size=64, lr=5e-4, max_steps=2000, ema_rates=(0.999,), ema_warmup=True, sample_every=500,
             description="32x32 class-conditional patches of scikit-image photographs (CPU)"),
         "photo8": TrainConfig(
             model="tiny", dataset="photo-patches", image_size=8, noise_schedule="cosine",
@@ -166,7 +168,7 @@ def _offline() -> dict[str, TrainConfig]:
             description="cascade stage 2 (CPU): 16->32 font-digit super-resolution, x0-prediction, Gaussian aug"),
         "toy": TrainConfig(
             model="toy_mlp", dataset="toy-gmm", image_size=None, diffusion_steps=100,
-            batch_size=256, lr=2e-3, max_steps=2000, ema_rates=(0.99,), sample_every=0,
+            batch_size=256, lr=2e-3, max_steps=2000, ema_rates=(0.99,), ema_warmup=True, sample_every=0,
             num_sample_images=512,
             description="2-D class-labelled Gaussian mixture, small MLP denoiser (seconds)"),
     }

@@ -352,18 +352,41 @@ def _optimizer_step(state: TrainState) -> dict:
             state.optimizer.step()
     state.optimizer.zero_grad(set_to_none=True)
     if not skipped:
-        update_ema(state.ema_models, state.model)
+        update_ema(state.ema_models, state.model, step=state.step if cfg.ema_warmup else None)
     state.step += 1
     return {"grad_norm": grad_norm.detach().float(), "skipped": skipped, "loss_scale": scale_before}
 
 
+def ema_warmup_rate(rate: float, step: int) -> float:
+    """The EMA rate of update number `step` (0-based) under warm-up: min(rate, (1 + step) / (10 + step)).
+
+    TensorFlow's ``ExponentialMovingAverage(decay, num_updates)`` rule, kept by the LDM / Stable
+    Diffusion (``LitEma``), score-SDE and diffusers trainers. The random initial weights are
+    forgotten at once: after k updates their share of the average is
+    prod_{n<k} (1 + n) / (10 + n) = 1 / C(k + 9, 9) (1e-5 at k = 10), against rate**k without
+    warm-up (30 % for 0.999 after 1200 steps). Until the cap the weights of step n enter the
+    average with weight proportional to (n + 2)(n + 3)...(n + 9) ~ n^8: the power-function EMA of
+    Karras et al. 2024 with gamma = 8 (centred at 90 % of the run, relative width 0.09); from step
+    (10 rate - 1) / (1 - rate) on (8990 for 0.999) it is the constant `rate`.
+    """
+    return min(rate, (1.0 + step) / (10.0 + step))
+
+
 @torch.no_grad()
-def update_ema(ema_models: dict, model: torch.nn.Module) -> None:
-    """theta_ema <- rate * theta_ema + (1 - rate) * theta for every rate (buffers are copied)."""
+def update_ema(ema_models: dict, model: torch.nn.Module, step: int | None = None) -> None:
+    """theta_ema <- rho * theta_ema + (1 - rho) * theta for every rate (buffers are copied).
+
+    rho = rate when `step` is None (the constant-rate EMA of Ho et al. 2020 and ADM), else
+    `ema_warmup_rate(rate, step)` with `step` = optimizer steps before this update
+    (`TrainConfig.ema_warmup`; the step is in every checkpoint, so resume stays exact).
+    """
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
+
     params = list(model.parameters())
     buffers = list(model.buffers())
     for rate, ema in ema_models.items():
-        torch._foreach_lerp_(list(ema.parameters()), params, 1.0 - rate)
+        rho = rate if step is None else ema_warmup_rate(rate, step)
+        get_ema_multi_avg_fn(rho)(list(ema.parameters()), params, None)  # a foreach lerp by 1 - rho
         for b_ema, b in zip(ema.buffers(), buffers):
             b_ema.copy_(b)
 

@@ -640,7 +640,7 @@ from gcg.metrics import precision_recall
 from gcg.presets import get_preset
 from gcg.train import train
 
-toy_config = dataclasses.replace(get_preset("toy"), max_steps=int(600 * GCG_SCALE))
+toy_config = dataclasses.replace(get_preset("toy"), max_steps=int(600 * GCG_SCALE), ema_warmup=False)
 toy_run = train(toy_config, dataset=ToyDataset(toy, num_samples=10_000, seed=0), progress=False)
 toy_net = toy_run.ema.float().eval()
 toy_diffusion = toy_run.diffusion
@@ -745,7 +745,7 @@ plt.show()
 digits_config = dataclasses.replace(
     get_preset("digits"), noise_schedule="linear", diffusion_steps=T, class_cond=False, p_uncond=0.0,
     model_var_type="fixed_small", loss_type="mse", max_steps=int(300 * GCG_SCALE), batch_size=64,
-    sample_every=0, ema_rates=(0.99,))  # a short run: an EMA window of ~100 steps
+    sample_every=0, ema_rates=(0.99,), ema_warmup=False)  # a short run: an EMA window of ~100 steps
 start = time.perf_counter()
 digits_run = train(digits_config, progress=False)
 train_seconds = time.perf_counter() - start

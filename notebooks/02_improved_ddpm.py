@@ -430,7 +430,8 @@ from gcg.train import train
 
 T_EXP = 250  # a shorter chain than the paper's, for both models: the bound costs one pass per step
 base = dataclasses.replace(get_preset("digits"), class_cond=False, p_uncond=0.0, diffusion_steps=T_EXP,
-                           max_steps=int(200 * GCG_SCALE), batch_size=64, sample_every=0, ema_rates=(0.99,))
+                           max_steps=int(200 * GCG_SCALE), batch_size=64, sample_every=0, ema_rates=(0.99,),
+                           ema_warmup=False)
 configs = {
     "A: linear, L_simple": dataclasses.replace(base, noise_schedule="linear", model_var_type="fixed_small",
                                                loss_type="mse"),

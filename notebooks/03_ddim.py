@@ -466,7 +466,7 @@ from gcg.train import train
 config = dataclasses.replace(
     get_preset("digits"), noise_schedule="linear", diffusion_steps=T, class_cond=False, p_uncond=0.0,
     model_var_type="fixed_small", loss_type="mse", max_steps=int(300 * GCG_SCALE), batch_size=64,
-    sample_every=0, ema_rates=(0.99,))
+    sample_every=0, ema_rates=(0.99,), ema_warmup=False)
 run = train(config, progress=False)
 net = run.ema.eval()
 train_images, train_labels = load_digits_dataset("train").as_tensors()

@@ -757,7 +757,7 @@ print(f"feature network: test accuracy {(real_features['logits'].argmax(1) == y_
 
 TRAIN_STEPS = int(300 * GCG_SCALE)
 diffusion_config = dataclasses.replace(get_preset("digits"), max_steps=TRAIN_STEPS, batch_size=64, p_uncond=0.2,
-                                       ema_rates=(0.99,), sample_every=0, seed=0)
+                                       ema_rates=(0.99,), ema_warmup=False, sample_every=0, seed=0)
 start = time.perf_counter()
 run = gcg_train.train(diffusion_config, progress=False)
 print(f"diffusion model: {TRAIN_STEPS} steps of batch {diffusion_config.batch_size} in {time.perf_counter() - start:.0f} s; "

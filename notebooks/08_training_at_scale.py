@@ -491,7 +491,7 @@ show(gcg_train.train_step)
 
 # %%
 TOY = dict(model="tiny", image_size=8, batch_size=12, max_steps=1, dropout=0.0, p_uncond=0.0,
-           log_every=1, sample_every=0, out_dir=None, device="cpu")
+           log_every=1, sample_every=0, out_dir=None, device="cpu", ema_warmup=False)
 after_one_step = {}
 for m in (0, 4, 3):
     config = apply_overrides(get_preset("digits"), {**TOY, "microbatch": m})
@@ -528,7 +528,7 @@ show(checkpoint.save_checkpoint)
 N = 3
 resume_config = apply_overrides(get_preset("digits"), dict(
     model="tiny", image_size=8, batch_size=8, microbatch=4, max_steps=2 * N, dropout=0.1, p_uncond=0.2,
-    ema_rates="0.9,0.99", schedule_sampler="loss-second-moment", log_every=N, sample_every=0,
+    ema_rates="0.9,0.99", ema_warmup=False, schedule_sampler="loss-second-moment", log_every=N, sample_every=0,
     num_sample_images=4, sample_steps="ddim2", device="cpu"))
 straight = gcg_train.train(dataclasses.replace(resume_config, out_dir=str(WORK / "straight")), progress=False)
 run_dir = WORK / "resumed"

@@ -124,7 +124,9 @@ def test_reference_statistics_round_trip(tmp_path):
     expected = reference_statistics(acts)
     for key in ("mu", "sigma", "mu_s", "sigma_s", "pool"):
         np.testing.assert_array_equal(ref[key], expected[key])
-    assert ref["feature_network"] == "domain:abc"
+    assert ref["feature_network"] == "domain:abc" and ref["preprocess"] is None
+    save_reference(tmp_path / "inc.npz", acts, "inception:0123456789ab", "adm")
+    assert load_reference(tmp_path / "inc.npz")["preprocess"] == "adm"
     assert "spatial" not in ref  # only the statistics of the spatial features are kept
     assert not any(p.name.endswith(".tmp.npz") for p in tmp_path.iterdir())
 
@@ -191,7 +193,41 @@ def test_cli_with_inception_weights_file(tmp_path, capsys):
     result = main([str(ref), str(fake), "--inception-weights", str(weights), "--no-progress", "--k", "1"])
     out = capsys.readouterr().out
     assert "Inception Score:" in out and "FID: " in out and "sFID: " in out and "domain" not in out
+    assert "(--preprocess adm: as ADM)" in out and result["preprocess"] == "adm"  # the default
     assert result["fid"] > 0 and np.isfinite(result["sfid"]) and 1.0 <= result["inception_score"] <= 2.0
+
+
+def test_cli_preprocess_modes_are_recorded_and_never_mixed(tmp_path, capsys, domain_net_path):
+    weights = tmp_path / "pt_inception.pth"
+    torch.save(FIDInceptionV3().init_random_(0).state_dict(), weights)
+    ref = write_npz(tmp_path / "ref.npz", make_images(3, 9, size=16)[0])
+    fake = write_npz(tmp_path / "fake.npz", make_images(2, 10, shift=0.4, size=16)[0])
+    common = ["--inception-weights", str(weights), "--no-progress", "--k", "1"]
+    stats = tmp_path / "ref_ptfid.npz"
+    r_pt = main([str(ref), str(fake), *common, "--preprocess", "pytorch-fid", "--save-ref", str(stats)])
+    assert "(--preprocess pytorch-fid: as pytorch-fid)" in capsys.readouterr().out
+    assert load_reference(stats)["preprocess"] == "pytorch-fid"
+    # the same mode reproduces the numbers from the statistics file ...
+    r_stats = main([str(stats), str(fake), *common, "--preprocess", "pytorch-fid"])
+    assert r_stats["fid"] == pytest.approx(r_pt["fid"], rel=1e-6)
+    # ... the other mode gives other features, and mixing the two is refused in one line
+    r_adm = main([str(ref), str(fake), *common])
+    assert abs(r_adm["fid"] - r_pt["fid"]) > 1e-3 * r_pt["fid"]
+    with pytest.raises(SystemExit, match=r"computed with --preprocess pytorch-fid, but you are evaluating with "
+                                         r"--preprocess adm; pass --preprocess pytorch-fid or recompute"):
+        main([str(stats), str(fake), *common])
+    # statistics gcg wrote before modes were recorded came from pytorch-fid's preprocessing
+    with np.load(stats) as data:
+        np.savez(tmp_path / "old.npz", **{k: data[k] for k in data.files if k != "preprocess"})
+    assert load_reference(tmp_path / "old.npz")["preprocess"] == "pytorch-fid"
+    with pytest.raises(SystemExit, match="--preprocess pytorch-fid"):
+        main([str(tmp_path / "old.npz"), str(fake), *common])
+    # domain networks read images at their own size: the flag does not apply
+    with pytest.raises(SystemExit, match="--preprocess applies to --features inception only"):
+        main([str(ref), str(fake), "--features", f"domain:{domain_net_path}", "--preprocess", "adm"])
+    with pytest.raises(SystemExit):
+        main([str(ref), str(fake), *common, "--preprocess", "tf"])
+    assert "invalid choice: 'tf'" in capsys.readouterr().err
 
 
 def test_python_dash_m_entry_point(tmp_path, domain_net_path):
