@@ -41,12 +41,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from gcg.diffusion import SAMPLERS
 from gcg.images import downsample  # area (box) downsampling
 from gcg.losses import normal_kl
 
 AUGMENTS = ("gaussian", "blur", "none")
 MODES = ("non_truncated", "truncated")
-SAMPLERS = ("ddpm", "ddim")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -414,22 +414,16 @@ def sample_stage(
         noise=noise, clip_denoised=stage.clip_denoised, cond_fn=cond_fn, model_kwargs=model_kwargs,
         device=device, progress=progress, generator=generator,
     )
-    if stage.sampler == "ddim":
-        loop_kwargs["eta"] = stage.eta
-    else:
-        loop_kwargs["cond_at"] = cond_at
+    ddim = stage.sampler == "ddim"  # a DDIM stage guides the score at x_t; eta is DDIM's alone
+    loop_kwargs.update(sampler=stage.sampler, eta=stage.eta if ddim else 0.0, cond_at="x_t" if ddim else cond_at)
     if stop_at is None:
-        loop = diffusion.ddim_sample_loop if stage.sampler == "ddim" else diffusion.p_sample_loop
-        return loop(stage.model, shape, **loop_kwargs)
+        return diffusion.sample_loop(stage.model, shape, **loop_kwargs)
     k = _stop_index(stage, stop_at)
     num_steps = diffusion.num_timesteps - 1 - k  # steps from chain index T'-1 down to k
     sample = noise
     if num_steps == 0:
         return sample
-    if stage.sampler == "ddim":
-        steps = diffusion.ddim_sample_loop_progressive(stage.model, shape, **loop_kwargs)
-    else:
-        steps = diffusion.p_sample_loop_progressive(stage.model, shape, **loop_kwargs)
+    steps = diffusion.sample_loop(stage.model, shape, progressive=True, **loop_kwargs)
     for i, out in enumerate(steps):
         sample = out["sample"]
         if i + 1 == num_steps:
