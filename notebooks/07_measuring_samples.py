@@ -788,13 +788,19 @@ assert all(abs(km) < 4 * ks + 1e-4 for km, ks in digit_kid), digit_kid
 # TensorFlow Inception-v3 graph `inception-2015-12-05`, with its 299×299 resize, on 50,000
 # samples against a fixed reference batch. Change the network (even torchvision's
 # Inception-v3), the resize filter or $N$, and the number changes: published FID, sFID and IS
-# are comparable only because everyone uses this network.
+# are comparable only because everyone uses this network. Even the resize splits published
+# evaluators in two, so `gcg` offers both ($u \in [0, 255]$ are the pixels, $j$ an output column):
+#
+# | `preprocess=` | resize to 299 reads the source at | scaling | matches the numbers of |
+# |---|---|---|---|
+# | `"adm"` (default) | $j \cdot \mathrm{in}/\mathrm{out}$ (TF1 bilinear) | $(u - 128)/128$ | the TF graph: ADM's `evaluator.py` ({cite:t}`dhariwal2021beat`'s tables), torch-fidelity |
+# | `"pytorch-fid"` | $(j + \tfrac12)\,\mathrm{in}/\mathrm{out} - \tfrac12$ | $u/127.5 - 1$ | papers that used pytorch-fid |
 #
 # `gcg.inception.FIDInceptionV3` is that architecture in PyTorch (1008 classes, the graph's
-# pooling quirks, the pytorch-fid module names); one `extract` call gives all three feature sets.
-# `load_fid_inception` reads its weights from a **file you supply**
-# (`pt_inception-2015-12-05-6726825d.pth`, or the `GCG_INCEPTION_WEIGHTS` environment variable)
-# and says what to do when none is given:
+# pooling quirks, torchvision's module names); one `extract` call gives all three feature sets.
+# `load_fid_inception` reads its weights from a **file you supply** (pytorch-fid's
+# `pt_inception-2015-12-05-6726825d.pth` or torch-fidelity's file, or the
+# `GCG_INCEPTION_WEIGHTS` environment variable) and says what to do when none is given:
 
 # %%
 saved = os.environ.pop(INCEPTION_WEIGHTS_ENV, None)  # show the message even if you have the file
