@@ -25,7 +25,6 @@ the other mode is refused.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 
 from gcg import metrics
+from gcg.cli import read_npz
 
 __all__ = [
     "load_images",
@@ -95,10 +95,10 @@ def load_images(path: str | os.PathLike) -> np.ndarray:
         return _check_uint8_nhwc(np.stack(arrays), path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such .npz file or image folder.")
-    with np.load(path) as data:
-        if "arr_0" not in data:
-            raise ValueError(f"{path}: no 'arr_0' array of images (keys: {sorted(data.keys())}).")
-        return _check_uint8_nhwc(data["arr_0"], path)
+    data = read_npz(path, "images")
+    if "arr_0" not in data:
+        raise ValueError(f"{path}: no 'arr_0' array of images (keys: {sorted(data)}).")
+    return _check_uint8_nhwc(data["arr_0"], path)
 
 
 # ---------------------------------------------------------------- feature extraction
@@ -191,11 +191,11 @@ def load_reference(path) -> dict:
     """Read a file written by :func:`save_reference` (or an ADM reference batch's statistics).
     ``feature_network`` and ``preprocess`` are None where the file does not say; Inception
     statistics from before modes were recorded were computed with ``"pytorch-fid"``."""
-    with np.load(path) as data:
-        missing = [k for k in ("mu", "sigma", "mu_s", "sigma_s") if k not in data]
-        if missing:
-            raise ValueError(f"{path}: not a statistics file, missing {missing}.")
-        ref = {k: data[k] for k in data.keys() if k != "arr_0"}
+    data = read_npz(path, "reference statistics")
+    missing = [k for k in ("mu", "sigma", "mu_s", "sigma_s") if k not in data]
+    if missing:
+        raise ValueError(f"{path}: not a statistics file, missing {missing}.")
+    ref = {k: v for k, v in data.items() if k != "arr_0"}
     ref["feature_network"] = str(ref["feature_network"]) if "feature_network" in ref else None
     if "preprocess" in ref:
         ref["preprocess"] = str(ref["preprocess"])
@@ -210,8 +210,11 @@ def _is_stats_file(path) -> bool:
     path = Path(path)
     if path.suffix != ".npz" or not path.is_file():
         return False
-    with np.load(path) as data:
-        return "mu" in data and "arr_0" not in data
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return "mu" in data and "arr_0" not in data
+    except Exception:  # unreadable: load_images reports why
+        return False
 
 
 # ---------------------------------------------------------------- the metrics
@@ -286,21 +289,25 @@ def format_results(result: dict, feature_network: str) -> str:
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m gcg.evaluate", description=__doc__.split("\n\n")[0])
+    from gcg.cli import ArgumentParser, add_threads_argument, positive_int
+
+    p = ArgumentParser(prog="python -m gcg.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("ref", help="reference images (.npz with arr_0, or a folder) or a --save-ref statistics file")
     p.add_argument("samples", nargs="?", help="sample images (.npz with arr_0, e.g. from gcg.sample, or a folder)")
-    p.add_argument("--features", default="inception", help="'inception' (default) or 'domain:PATH' (gcg.features network)")
+    p.add_argument("--features", default="inception",
+                   help="'inception' (default) or 'domain:PATH' (a network from python -m gcg.features)")
     p.add_argument("--inception-weights", default=None, help="FID Inception-v3 state dict (default: $GCG_INCEPTION_WEIGHTS)")
     p.add_argument("--preprocess", choices=["adm", "pytorch-fid"], default=None,
                    help="Inception input preprocessing: 'adm' (default; the TF graph's, as ADM's evaluator.py and "
                         "its papers' tables) or 'pytorch-fid' (as pytorch-fid)")
     p.add_argument("--save-ref", default=None, help="write reference statistics of REF to this .npz")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--k", type=int, default=3, help="neighbourhood size for precision/recall")
-    p.add_argument("--is-splits", type=int, default=None, help="IS chunks (default: chunks of 5000 as in ADM)")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--k", type=positive_int, default=3, help="neighbourhood size for precision/recall")
+    p.add_argument("--is-splits", type=positive_int, default=None, help="IS chunks (default: chunks of 5000 as in ADM)")
     p.add_argument("--kid", action="store_true", help="also compute KID (slower)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    add_threads_argument(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
@@ -342,18 +349,34 @@ def _run(args) -> dict | None:
     return result
 
 
-def main(argv=None) -> dict | None:
+def main(argv=None) -> dict | int | None:
     """CLI entry point; returns the results dict (None with only --save-ref). Bad files or
-    arguments exit with a one-line error instead of a stack trace."""
+    arguments print a one-line error and return 2 (`gcg.cli.run`), checked before the work
+    where possible."""
+    from gcg.cli import run
+
+    return run("gcg.evaluate", _main, argv)
+
+
+def _main(argv) -> dict | None:
+    from gcg.cli import UsageError, check_device, check_output_file, set_threads
+
     parser = _parser()
     args = parser.parse_args(argv)
     if args.samples is None and args.save_ref is None:
-        parser.error("give SAMPLES to evaluate, or --save-ref OUT to only compute reference statistics")
-    try:
-        return _run(args)
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
+        raise UsageError("give SAMPLES to evaluate, or --save-ref OUT to only compute reference statistics")
+    args.device = str(check_device(args.device))
+    for flag in ("save_ref", "json"):
+        if getattr(args, flag):
+            check_output_file(getattr(args, flag), f"--{flag.replace('_', '-')}").parent.mkdir(
+                parents=True, exist_ok=True)
+    for path in (args.ref, args.samples):
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no such .npz file or image folder.")
+    set_threads(args.threads)
+    return _run(args)
 
 
 if __name__ == "__main__":
-    main()
+    result = main()
+    sys.exit(result if isinstance(result, int) else 0)

@@ -184,15 +184,121 @@ def save_feature_net(net: DomainFeatureNet, path: str | os.PathLike) -> None:
 
 
 def load_feature_net(path: str | os.PathLike, device="cpu") -> DomainFeatureNet:
-    """Load a network written by :func:`save_feature_net`."""
+    """Load a network written by :func:`save_feature_net`; a missing, truncated or foreign file
+    raises a one-line error saying how to build one."""
+    build = (
+        "build one with python -m gcg.features --dataset NAME --out PATH (in Python: "
+        "train_feature_net + save_feature_net)"
+    )
     if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"domain feature network {str(path)!r} does not exist; train one with "
-            "gcg.features.train_feature_net(images, labels) and save it with save_feature_net(net, path)."
-        )
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"domain feature network {str(path)!r} does not exist; {build}.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, foreign pickle, random bytes: torch raises many types
+        reason = " ".join(str(exc).split())[:160]
+        raise ValueError(f"{path} is not a readable domain feature network (truncated, or another kind of "
+                         f"file: {type(exc).__name__}: {reason}); {build}.") from None
     if not isinstance(payload, dict) or payload.get("kind") != "domain_feature_net":
-        raise ValueError(f"{path} was not written by gcg.features.save_feature_net.")
-    net = DomainFeatureNet(DomainFeatureConfig(**payload["config"]))
-    net.load_state_dict(payload["state_dict"])
+        raise ValueError(f"{path} was not written by gcg.features.save_feature_net; {build}.")
+    try:
+        net = DomainFeatureNet(DomainFeatureConfig(**payload["config"]))
+        net.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise ValueError(f"{path}: damaged domain feature network ({type(exc).__name__}: {reason}); {build}.") from None
     return net.to(device).eval()
+
+
+# ---------------------------------------------------------------- command line
+def _training_data(args):
+    """(images [N, C, H, W] float in [-1, 1], labels [N]) from --dataset or --images."""
+    import numpy as np
+
+    from gcg.cli import UsageError, read_npz
+
+    if args.images:
+        data = read_npz(args.images, "--images")
+        if "arr_0" not in data or "arr_1" not in data:
+            raise UsageError(f"--images {args.images} needs arr_0 (uint8 images NHWC) and arr_1 (class labels), "
+                             f"got keys {sorted(data)}; the classifier learns from the labels")
+        arr = data["arr_0"]
+        if arr.ndim == 3:
+            arr = arr[..., None]
+        if arr.dtype != np.uint8 or arr.ndim != 4:
+            raise UsageError(f"--images {args.images}: arr_0 must be uint8 images [N, H, W, C], got "
+                             f"{arr.dtype} {arr.shape}")
+        images = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        return images, torch.as_tensor(data["arr_1"]).long().flatten()
+    from gcg.data import make_dataset
+
+    dataset = make_dataset(args.dataset, data_dir=args.data_dir, image_size=args.image_size, split="train")
+    if hasattr(dataset, "as_tensors"):
+        images, labels = dataset.as_tensors()
+    else:
+        pairs = [dataset[i] for i in range(len(dataset))]
+        images = torch.stack([torch.as_tensor(x) for x, _ in pairs])
+        labels = torch.as_tensor([int(y) for _, y in pairs])
+    if images.ndim != 4:
+        raise UsageError(f"--dataset {args.dataset} holds vectors {tuple(images.shape[1:])}, not images; "
+                         "the feature network is for image data sets")
+    return images.float(), torch.as_tensor(labels).long()
+
+
+def build_parser():
+    from gcg.cli import ArgumentParser, add_threads_argument, int_list, positive_int
+
+    p = ArgumentParser(prog="python -m gcg.features",
+                       description="Train the domain feature network that python -m gcg.evaluate "
+                                   "--features domain:PATH scores samples with, and save it to PATH.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", help="a gcg.data set name (e.g. digits, glyphs, photo-patches); "
+                                          "its training split")
+    source.add_argument("--images", metavar="NPZ", help="labelled images: an .npz with arr_0 (uint8 NHWC) "
+                                                        "and arr_1 (labels)")
+    p.add_argument("--out", required=True, help="where to write the network (e.g. runs/digits/features.pt)")
+    p.add_argument("--data-dir", help="for data sets on disk (imagenet64, image-folder, ...)")
+    p.add_argument("--image-size", type=positive_int, help="default: the data set's native size")
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--widths", type=int_list, default=None,
+                   help="channels of the three stages, multiples of 8 (default 32,64,128)")
+    p.add_argument("--seed", type=int, default=0)
+    add_threads_argument(p)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    """``python -m gcg.features``; user errors print one line and return 2 (`gcg.cli.run`)."""
+    from gcg.cli import run
+
+    return run("gcg.features", _main, argv)
+
+
+def _main(argv) -> int:
+    from gcg.cli import UsageError, check_output_file, set_threads
+
+    args = build_parser().parse_args(argv)
+    out = check_output_file(args.out, "--out")
+    kwargs = {} if args.widths is None else {"widths": tuple(args.widths)}
+    try:
+        DomainFeatureConfig(1, 8, 2, **kwargs)  # checks --widths before the work
+    except ValueError as exc:
+        raise UsageError(f"--widths {','.join(map(str, args.widths))}: {exc}") from None
+    set_threads(args.threads)
+    images, labels = _training_data(args)
+    net = train_feature_net(images, labels, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                            progress=not args.no_progress, **kwargs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_feature_net(net, out)
+    c = net.config
+    print(f"gcg.features: wrote {out} ({c.num_classes} classes, images {c.in_channels}x{c.image_size}x"
+          f"{c.image_size}, training accuracy {net.train_accuracy:.3f}); score samples with\n"
+          f"  python -m gcg.evaluate REF SAMPLES --features domain:{out}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

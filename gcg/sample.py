@@ -284,8 +284,13 @@ def _save_scatter(points: torch.Tensor, path: Path, labels=None) -> Path:
 
 def load_low_res(path, num_samples: int) -> tuple[torch.Tensor, np.ndarray | None]:
     """Images [N, C, h, w] in [-1, 1] (and labels) from a previous stage's samples npz."""
-    with np.load(path) as data:
-        arr, labels = data["arr_0"], (data["arr_1"] if "arr_1" in data else None)
+    from gcg.cli import read_npz
+
+    data = read_npz(path, "--low-res")
+    if "arr_0" not in data:
+        raise ValueError(f"--low-res {path}: no 'arr_0' array of images (keys: {sorted(data)}); pass the "
+                         "samples npz of the previous stage (gcg.sample writes it)")
+    arr, labels = data["arr_0"], data.get("arr_1")
     if arr.ndim != 4 or arr.dtype != np.uint8:
         raise ValueError(f"{path}: arr_0 must be uint8 NHWC images, got {arr.dtype} {arr.shape}")
     if len(arr) < num_samples:
@@ -296,63 +301,79 @@ def load_low_res(path, num_samples: int) -> tuple[torch.Tensor, np.ndarray | Non
 
 # ----------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m gcg.sample", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from gcg.cli import ArgumentParser, add_threads_argument, finite_float, int_list, positive_int
+
+    p = ArgumentParser(prog="python -m gcg.sample", description=__doc__.split("\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a gcg training checkpoint (checkpoint.pt)")
     p.add_argument("--out-dir", default=".", help="where the npz and the PNG grid go")
-    p.add_argument("--num-samples", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=None, help="samples per forward batch")
+    p.add_argument("--num-samples", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=None, help="samples per forward batch")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default=None,
                    help="default: ddim if the respacing starts with 'ddim', else ddpm")
-    p.add_argument("--steps", type=int, help="number of sampling steps (shorthand for the respacing)")
+    p.add_argument("--steps", type=positive_int, help="number of sampling steps (shorthand for the respacing)")
     p.add_argument("--timestep-respacing", help="e.g. 250, ddim25, 10,10,10 (default: the full chain)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
-    p.add_argument("--class-labels", help="comma-separated labels, one or one per sample")
+    p.add_argument("--eta", type=finite_float, default=0.0, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--class-labels", type=int_list, help="comma-separated labels, one or one per sample")
     p.add_argument("--classifier", help="a noise-aware classifier checkpoint for guidance")
-    p.add_argument("--classifier-scale", type=float, default=1.0)
-    p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance weight w")
+    p.add_argument("--classifier-scale", type=finite_float, default=1.0)
+    p.add_argument("--cfg-scale", type=finite_float, default=0.0, help="classifier-free guidance weight w")
     p.add_argument("--cond-at", choices=("x_t", "mean"), default="x_t",
                    help="DDPM guidance: gradient at x_t (reference code) or at the mean")
     p.add_argument("--low-res", help="super-resolution: the previous stage's samples npz")
-    p.add_argument("--aug-level", type=float, default=None,
+    p.add_argument("--aug-level", type=finite_float, default=None,
                    help="super-resolution: the conditioning-augmentation level s fed to the model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    add_threads_argument(p)
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def main(argv=None) -> int:
+    """``python -m gcg.sample``; user errors print one line and return 2 (`gcg.cli.run`)."""
+    from gcg.cli import run
+
+    return run("gcg.sample", _main, argv)
+
+
+def _main(argv) -> int:
     from gcg.checkpoint import load_model
+    from gcg.cli import UsageError, check_device, check_output_dir, set_threads
 
     args = build_parser().parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        spec = args.timestep_respacing
-        if args.steps is not None:
-            if spec is not None:
-                raise ValueError("give --steps or --timestep-respacing, not both")
-            spec = f"ddim{args.steps}" if args.sampler == "ddim" else str(args.steps)
-        model, diffusion = load_model(args.checkpoint, use_ema=not args.no_ema, device=device)
-        if diffusion is None or getattr(model.config, "kind", "unet") == "classifier":
-            raise ValueError(f"{args.checkpoint} is a classifier checkpoint; pass it as --classifier")
-        classifier = load_model(args.classifier, device=device)[0] if args.classifier else None
-        labels = [int(s) for s in args.class_labels.split(",")] if args.class_labels else None
-        low_res = None
-        if args.low_res:
-            low_res, stored = load_low_res(args.low_res, args.num_samples)
-            labels = labels if labels is not None or stored is None else stored.tolist()
-        images, labels = sample(model, diffusion, args.num_samples, batch_size=args.batch_size,
-                                class_labels=labels, sampler=args.sampler, timestep_respacing=spec,
-                                eta=args.eta, classifier=classifier,
-                                classifier_scale=args.classifier_scale, cfg_scale=args.cfg_scale,
-                                cond_at=args.cond_at, low_res=low_res, aug_level=args.aug_level,
-                                seed=args.seed, device=device,
-                                progress=not args.no_progress)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"gcg.sample: error: {exc}", file=sys.stderr)
-        return 2
+    device = check_device(args.device)
+    check_output_dir(args.out_dir, "--out-dir")
+    if args.eta < 0:
+        raise UsageError(f"--eta {args.eta}: DDIM's eta must be >= 0 (0 = deterministic, 1 = DDPM-like)")
+    for flag, path in (("checkpoint", args.checkpoint), ("--classifier", args.classifier),
+                       ("--low-res", args.low_res)):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{flag} {path}: file not found" + (
+                "; train one with python -m gcg.train" if flag != "--low-res" else ""))
+    spec = args.timestep_respacing
+    if args.steps is not None:
+        if spec is not None:
+            raise UsageError("give --steps or --timestep-respacing, not both")
+        spec = f"ddim{args.steps}" if args.sampler == "ddim" else str(args.steps)
+    set_threads(args.threads)
+    model, diffusion = load_model(args.checkpoint, use_ema=not args.no_ema, device=device)
+    if diffusion is None or getattr(model.config, "kind", "unet") == "classifier":
+        raise UsageError(f"{args.checkpoint} is a classifier checkpoint; pass it as --classifier")
+    classifier = load_model(args.classifier, device=device)[0] if args.classifier else None
+    labels = args.class_labels
+    low_res = None
+    if args.low_res:
+        low_res, stored = load_low_res(args.low_res, args.num_samples)
+        labels = labels if labels is not None or stored is None else stored.tolist()
+    images, labels = sample(model, diffusion, args.num_samples, batch_size=args.batch_size,
+                            class_labels=labels, sampler=args.sampler, timestep_respacing=spec,
+                            eta=args.eta, classifier=classifier,
+                            classifier_scale=args.classifier_scale, cfg_scale=args.cfg_scale,
+                            cond_at=args.cond_at, low_res=low_res, aug_level=args.aug_level,
+                            seed=args.seed, device=device,
+                            progress=not args.no_progress)
     path = save_samples(images, labels, args.out_dir)
     grid = save_grid(images[:256], path.with_suffix(".png"), labels=None if labels is None else labels[:256])
     print(f"gcg.sample: wrote {path} and {grid}")

@@ -13,7 +13,7 @@ the exact model, plots samples next to the data and prints the mean/covariance e
 
 from __future__ import annotations
 
-import argparse
+import sys
 import math
 import time
 
@@ -224,23 +224,47 @@ def _moment_errors(x, toy):
     return mean_err, cov_err
 
 
-def main(argv=None):
-    """Sample the class-labelled 2-D mixture with DDPM and DDIM from the exact model; write a figure."""
+def main(argv=None) -> int:
+    """Sample the class-labelled 2-D mixture with DDPM and DDIM from the exact model; write a figure.
+    User errors print one line and return 2 (`gcg.cli.run`)."""
+    from gcg.cli import run
+
+    return run("gcg.toy", _main, argv)
+
+
+def _main(argv) -> int:
+    from gcg.cli import ArgumentParser, UsageError, add_threads_argument, check_output_file, positive_int, set_threads
+
     from .diffusion import GaussianDiffusion
     from .schedules import get_named_beta_schedule
 
-    parser = argparse.ArgumentParser(prog="python -m gcg.toy", description=main.__doc__)
-    parser.add_argument("--out", required=True, help="figure to write (e.g. demo_toy.png)")
-    parser.add_argument("--n", type=int, default=2000, help="samples per sampler")
-    parser.add_argument("--steps", type=int, default=1000, help="DDPM steps T (linear schedule)")
-    parser.add_argument("--ddim-steps", type=int, default=50, help="DDIM steps (respaced chain)")
+    parser = ArgumentParser(prog="python -m gcg.toy", description=main.__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="figure to write (e.g. demo_toy.png; folders are created)")
+    parser.add_argument("--n", type=positive_int, default=2000, help="samples per sampler")
+    parser.add_argument("--steps", type=positive_int, default=1000, help="DDPM steps T (linear schedule)")
+    parser.add_argument("--ddim-steps", type=positive_int, default=50, help="DDIM steps (respaced chain)")
     parser.add_argument("--seed", type=int, default=0)
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
+    if args.ddim_steps > args.steps:
+        raise UsageError(f"--ddim-steps {args.ddim_steps} exceeds --steps {args.steps}: DDIM visits a subset "
+                         "of the T steps; lower --ddim-steps or raise --steps")
+    out = check_output_file(args.out, "--out")
+    from matplotlib.figure import Figure
+
+    formats = Figure().canvas.get_supported_filetypes()
+    if out.suffix.lstrip(".").lower() not in formats:
+        raise UsageError(f"--out {out}: matplotlib cannot write {out.suffix or 'a file without a suffix'}; "
+                         f"end the name with one of {', '.join('.' + f for f in sorted(formats))}")
+    try:
+        diffusion = GaussianDiffusion(get_named_beta_schedule("linear", args.steps))
+    except ValueError as exc:
+        raise UsageError(f"--steps {args.steps}: {exc}") from None
+    set_threads(args.threads)
 
     toy = GaussianMixture.ring()
     generator = torch.Generator().manual_seed(args.seed)
     data, data_y = toy.sample(args.n, generator=generator)
-    diffusion = GaussianDiffusion(get_named_beta_schedule("linear", args.steps))
     model = toy.eps_model(diffusion)
     labels = toy.sample(args.n, generator=generator)[1]  # class labels drawn from the weights
     kwargs = dict(clip_denoised=False, model_kwargs={"y": labels}, generator=generator)
@@ -275,9 +299,12 @@ def main(argv=None):
         ax.set_aspect("equal")
     fig.suptitle("Class-conditional samples from the exact epsilon-model (colour = class y)")
     fig.tight_layout()
-    fig.savefig(args.out, dpi=100)
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

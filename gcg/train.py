@@ -548,6 +548,33 @@ class MetricWindow:
         return out
 
 
+def tensorboard_available() -> None:
+    """Raise ValueError (one line, naming the install) unless the tensorboard package is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ValueError("log=tensorboard needs the tensorboard package: pip install tensorboard "
+                         "(or pip install -e '.[tensorboard]'), or drop --set log=tensorboard")
+
+
+def tensorboard_writer(out_dir: Path, step: int):
+    """A SummaryWriter on out_dir/tensorboard; events after `step` (a resumed run's redone steps)
+    are purged so TensorBoard shows each step once."""
+    tensorboard_available()
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(out_dir / "tensorboard"), purge_step=step or None)
+
+
+def log_tensorboard(writer, record: dict) -> None:
+    """Every number of a metrics.jsonl record as a scalar at its step (loss_q0 -> loss/q0)."""
+    for key, value in record.items():
+        if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            name, _, quartile = key.partition("_q")
+            tag = f"{name}/q{quartile}" if quartile.isdigit() else key
+            writer.add_scalar(tag, value, record["step"])
+
+
 def plot_loss_curve(history: list, path: Path) -> None:
     """loss (and vb / accuracy when present) against step, as a PNG."""
     from matplotlib.figure import Figure  # not pyplot: leaves a notebook's inline backend alone
@@ -663,6 +690,7 @@ def train(config: TrainConfig, progress: bool = True, max_seconds: float | None 
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         history = _truncate_metrics(out_dir / "metrics.jsonl", state.step)
+    board = tensorboard_writer(out_dir, state.step) if writes and cfg.log == "tensorboard" else None
     loader = make_loader(dataset, batch_size=cfg.batch_size // info.world_size, seed=cfg.seed,
                          rank=info.rank, world_size=info.world_size, start_step=state.step)
     start_step, start_time = state.step, time.perf_counter()
@@ -689,6 +717,8 @@ def train(config: TrainConfig, progress: bool = True, max_seconds: float | None 
             if writes:
                 with open(out_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
+                if board is not None:
+                    log_tensorboard(board, record)
         if out_dir is not None and cfg.save_every and state.step % cfg.save_every == 0:
             save(state, out_dir)
             last_saved = state.step
@@ -696,6 +726,8 @@ def train(config: TrainConfig, progress: bool = True, max_seconds: float | None 
             write_sample_grid(state, dataset, out_dir / f"samples_{state.step:07d}.png",
                               budget=grid_budget(state, state.step - start_step))
     bar.close()
+    if board is not None:
+        board.close()
     if out_dir is not None and state.step > last_saved:
         save(state, out_dir)
     if writes and state.step > start_step:
@@ -729,50 +761,120 @@ def _truncate_metrics(path: Path, step: int) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- command line
+# data sets gcg builds itself: they read no --data-dir
+BUILT_IN_DATA = ("digits", "photo-patches", "glyphs", "toy-gmm")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from gcg.cli import ArgumentParser, add_threads_argument, positive_int
+
+    parser = ArgumentParser(
         prog="python -m gcg.train", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a diffusion model, a noise-aware classifier or a super-resolution stage.\n"
                     "Multi-GPU: torchrun --nproc_per_node N -m gcg.train --preset NAME ...",
         epilog="presets:\n" + describe_presets() +
-               "\n\nany TrainConfig field: --set key=value (network fields: --set model.<field>=value)")
-    parser.add_argument("--preset", required=True, help="a recipe name (listed below)")
+               "\n\nany TrainConfig field: --set key=value (network fields: --set model.<field>=value)"
+               "\nTensorBoard logging beside metrics.jsonl: --set log=tensorboard")
+    recipe = parser.add_mutually_exclusive_group(required=True)
+    recipe.add_argument("--preset", help="a recipe name (listed below)")
+    recipe.add_argument("--config", metavar="CONFIG_JSON",
+                        help="re-run a saved run: the config.json a run wrote in its out-dir")
     parser.add_argument("--data-dir", help="where the data set lives (ImageNet etc.)")
     parser.add_argument("--out-dir", help="checkpoints, logs and samples (default runs/<preset>)")
-    parser.add_argument("--batch-size", type=int, help="global batch size")
-    parser.add_argument("--max-steps", type=int, help="total optimizer steps")
+    parser.add_argument("--batch-size", type=positive_int, help="global batch size")
+    parser.add_argument("--max-steps", type=positive_int, help="total optimizer steps")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field; repeatable")
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
                         help="continue from OUT_DIR/checkpoint.pt (or the given checkpoint)")
     parser.add_argument("--max-seconds", type=float, help="stop (and checkpoint) after this long")
+    add_threads_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return parser
 
 
 def config_from_args(args) -> TrainConfig:
-    config = get_preset(args.preset)
-    overrides = {"out_dir": args.out_dir or f"runs/{args.preset}"}
+    """The preset (or the --config file), then --data-dir/--out-dir/--batch-size/--max-steps, then
+    every --set, in that order; bad values raise ValueError naming the field."""
+    from gcg.cli import UsageError
+    from gcg.presets import load_config_file
+
+    if getattr(args, "config", None):
+        config = load_config_file(args.config)
+        overrides = {"out_dir": args.out_dir} if args.out_dir else {}
+    else:
+        config = get_preset(args.preset)
+        overrides = {"out_dir": args.out_dir or f"runs/{args.preset}"}
     for flag, key in (("data_dir", "data_dir"), ("batch_size", "batch_size"), ("max_steps", "max_steps")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     config = apply_overrides(config, overrides)
-    return apply_overrides(config, args.set)
+    config = apply_overrides(config, args.set)
+    if args.data_dir is not None and config.dataset in BUILT_IN_DATA:
+        raise UsageError(f"--data-dir {args.data_dir}: data set {config.dataset!r} is built in and reads "
+                         "no directory; drop --data-dir (or --set dataset=NAME to use a data set on disk)")
+    return config
+
+
+def check_before_training(config: TrainConfig, args) -> None:
+    """Everything that can be checked before the work: the device exists, the out-dir can be
+    written, --config does not overwrite the run it came from, TensorBoard is installed if asked."""
+    from gcg.cli import UsageError, check_device, check_output_dir
+
+    check_device(config.device, "--set device=")
+    if config.out_dir:
+        check_output_dir(config.out_dir, "--out-dir")
+        if (getattr(args, "config", None) and not args.out_dir and not args.resume
+                and list_checkpoints(config.out_dir)):
+            raise UsageError(f"{config.out_dir} already holds the run of {args.config}; pass --out-dir NEW "
+                             "to re-run it elsewhere, or --resume to continue it")
+    if config.log == "tensorboard":
+        tensorboard_available()
+
+
+def startup_summary(config: TrainConfig, dataset, threads: int) -> list[str]:
+    """Lines printed before training: parameters, data, device, precision, threads, machine load."""
+    from gcg.cli import check_device, machine_load
+
+    data_shape, num_classes = data_properties(dataset)
+    model_config = build_model_config(config, data_shape, num_classes)
+    with torch.device("meta"):  # count parameters without allocating them
+        params = sum(p.numel() for p in build_model(model_config).parameters())
+    device = check_device(config.device, "--set device=")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    classes = f", {num_classes} classes" if num_classes else ""
+    load, hint = machine_load(threads)
+    lines = [f"gcg.train: {config.task} {config.model}: {params / 1e6:.2f}M parameters; data {config.dataset}: "
+             f"{len(dataset):,} examples of shape {list(data_shape)}{classes}; batch {config.batch_size}, "
+             f"{config.max_steps:,} steps",
+             f"gcg.train: device {device.type}" + (f" x {world} processes" if world > 1 else "") +
+             f", precision {compute_precision(config.precision, device)}, {threads} torch threads, {load}"]
+    return lines + ([f"gcg.train: {hint}"] if hint else [])
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """``python -m gcg.train``; user errors print one line and return 2 (`gcg.cli.run`)."""
+    from gcg.cli import run
+
+    return run("gcg.train", _main, argv)
+
+
+def _main(argv) -> int:
+    from gcg.cli import UsageError, set_threads
+
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args)
+    check_before_training(config, args)
+    threads = set_threads(args.threads)
     try:
-        config = config_from_args(args)
-        result = train(config, progress=not args.no_progress, max_seconds=args.max_seconds,
-                       resume=args.resume)
+        dataset = make_data(config)
     except DataUnavailable as exc:
-        print(f"gcg.train: cannot load data set {config.dataset!r}: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"gcg.train: error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"cannot load data set {config.dataset!r}: {exc}") from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("\n".join(startup_summary(config, dataset, threads)), file=sys.stderr)
+    try:
+        result = train(config, progress=not args.no_progress, max_seconds=args.max_seconds,
+                       resume=args.resume, dataset=dataset)
     finally:
         dist.cleanup()
     if int(os.environ.get("RANK", "0")) == 0:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -155,34 +156,38 @@ def test_cli_with_domain_features(tmp_path, domain_net_path, capsys):
     assert json.loads((tmp_path / "r.json").read_text())["fid"] == pytest.approx(r_img["fid"])
 
 
-def test_cli_refuses_stats_from_another_network(tmp_path, domain_net_path):
+def _user_error(capsys, argv, match):
+    """main(argv) returns 2 with one line on stderr matching `match` (gcg.cli's error path)."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("gcg.evaluate: error: "), err
+    assert re.search(match, err), err
+
+
+def test_cli_refuses_stats_from_another_network(tmp_path, domain_net_path, capsys):
     rng = np.random.default_rng(0)
     acts = {"pool": rng.standard_normal((10, 16)), "spatial": rng.standard_normal((10, 32))}
     save_reference(tmp_path / "stats.npz", acts, "inception:0123456789ab")
     samples = write_npz(tmp_path / "s.npz", make_images(8, 7)[0])
-    with pytest.raises(SystemExit, match="computed with feature network inception"):
-        main([str(tmp_path / "stats.npz"), str(samples), "--features", f"domain:{domain_net_path}", "--no-progress"])
+    _user_error(capsys, [str(tmp_path / "stats.npz"), str(samples), "--features", f"domain:{domain_net_path}",
+                         "--no-progress"], "computed with feature network inception")
 
 
-def test_cli_without_inception_weights_explains(tmp_path, monkeypatch):
+def test_cli_without_inception_weights_explains(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("GCG_INCEPTION_WEIGHTS", raising=False)
     samples = write_npz(tmp_path / "s.npz", make_images(4, 8)[0])
-    with pytest.raises(SystemExit, match="pt_inception-2015-12-05.*domain:PATH"):
-        main([str(samples), str(samples)])
-    with pytest.raises(SystemExit, match="'inception' or 'domain:PATH'"):
-        main([str(samples), str(samples), "--features", "clip"])
+    _user_error(capsys, [str(samples), str(samples)], "pt_inception-2015-12-05.*domain:PATH")
+    _user_error(capsys, [str(samples), str(samples), "--features", "clip"], "'inception' or 'domain:PATH'")
 
 
-def test_cli_bad_sample_files_exit_with_one_line(tmp_path, domain_net_path):
+def test_cli_bad_sample_files_exit_with_one_line(tmp_path, domain_net_path, capsys):
     ref = write_npz(tmp_path / "ref.npz", make_images(8, 13)[0])
     feats = ["--features", f"domain:{domain_net_path}", "--no-progress"]
-    with pytest.raises(SystemExit, match="no such .npz file"):
-        main([str(ref), str(tmp_path / "missing.npz"), *feats])
+    _user_error(capsys, [str(ref), str(tmp_path / "missing.npz"), *feats], "no such .npz file")
     wrong_size = write_npz(tmp_path / "big.npz", make_images(8, 14, size=16)[0])
-    with pytest.raises(SystemExit, match=r"trained on images \[N, 1, 8, 8\]"):
-        main([str(ref), str(wrong_size), *feats])
-    with pytest.raises(SystemExit, match="k=3 needs"):
-        main([str(ref), str(write_npz(tmp_path / "few.npz", make_images(3, 15)[0])), *feats])
+    _user_error(capsys, [str(ref), str(wrong_size), *feats], r"trained on images \[N, 1, 8, 8\]")
+    _user_error(capsys, [str(ref), str(write_npz(tmp_path / "few.npz", make_images(3, 15)[0])), *feats],
+                "k=3 needs")
 
 
 def test_cli_with_inception_weights_file(tmp_path, capsys):

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gcg"
 # chapters 01-06: torch and each other only
 MATHS = ["gcg.schedules", "gcg.losses", "gcg.diffusion", "gcg.resample", "gcg.guidance", "gcg.cascade", "gcg.toy"]
 # files, data sets, processes and command lines
-IO = ["gcg.data", "gcg.train", "gcg.sample", "gcg.checkpoint", "gcg.presets", "gcg.evaluate", "gcg.dist",
+IO = ["gcg.cli", "gcg.data", "gcg.train", "gcg.sample", "gcg.checkpoint", "gcg.presets", "gcg.evaluate", "gcg.dist",
       "gcg.inception", "gcg.features", "gcg.convert"]
 
 

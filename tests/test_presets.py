@@ -85,7 +85,10 @@ def test_default_channel_mult_and_ablation_fields():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(image_size=8, channel_mult=(1, 2), attention_resolutions=(2,)), r"resolution 2 never occurs.*\[8, 4\]"),
-    (dict(image_size=8, channel_mult=(1, 2), model_channels=48), "not a multiple of 32"),
+    (dict(image_size=8, channel_mult=(1, 2), model_channels=48),
+     r"48 channels at level 0 .*multiple of 32: use model_channels=32 or 64"),
+    (dict(image_size=8, channel_mult=(0.5, 1), model_channels=96), r"use model_channels=64 or 128"),
+    (dict(image_size=8, channel_mult=(1, 2), model_channels="64"), "model_channels must be an integer"),
     (dict(image_size=10, channel_mult=(1, 2, 2), attention_resolutions=()), "cannot be halved 2 times"),
     (dict(image_size=48), "no default channel_mult for image_size=48"),
     (dict(image_size=8, channel_mult=(1, 2), attention_resolutions=(), class_null=True), "needs num_classes"),

@@ -147,8 +147,10 @@ def test_class_null_follows_p_uncond_and_model_overrides_are_checked():
     assert cfg.class_null and cfg.num_classes == 10 and cfg.in_channels == 1 and not cfg.learn_sigma
     cfg = build_model_config(apply_overrides(config, ["model.model_channels=64"]), (1, 8, 8), 10)
     assert cfg.model_channels == 64
+    with pytest.raises(ValueError, match="unknown network field model.model_chanels"):
+        apply_overrides(config, ["model.model_chanels=64"])
     with pytest.raises(ValueError, match="unknown network fields.*model_chanels"):
-        build_model_config(apply_overrides(config, ["model.model_chanels=64"]), (1, 8, 8), 10)
+        build_model_config(dataclasses.replace(config, model_overrides={"model_chanels": 64}), (1, 8, 8), 10)
     with pytest.raises(ValueError, match="classifier model preset"):
         build_model_config(apply_overrides(config, {"task": "classifier"}), (1, 8, 8), 10)
 
@@ -160,7 +162,7 @@ def test_set_parsing_checks_types_and_lists_valid_keys():
         3e-4, (0.9, 0.99), True, None, 10)
     with pytest.raises(ValueError, match="unknown config key 'lrr'.*valid keys:.*lr"):
         apply_overrides(config, ["lrr=1"])
-    with pytest.raises(ValueError, match="expected int"):
+    with pytest.raises(ValueError, match="max_steps=2.5: expected an integer"):
         apply_overrides(config, ["max_steps=2.5"])
     with pytest.raises(ValueError, match="expected a boolean"):
         apply_overrides(config, ["compile=perhaps"])

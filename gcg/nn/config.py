@@ -36,8 +36,23 @@ def _resolve_channel_mult(image_size, channel_mult):
     return DEFAULT_CHANNEL_MULT[image_size]
 
 
+def _valid_widths(model_channels, mult, near=1):
+    """model_channels values near `model_channels` for which every model_channels * m is a
+    multiple of NORM_GROUPS (32), up to `near` on each side."""
+    def ok(c):
+        return all(int(m * c) == m * c and int(m * c) % 32 == 0 for m in mult)
+
+    below = [c for c in range(model_channels - 1, 0, -1) if ok(c)][:near]
+    above = [c for c in range(model_channels + 1, 64 * model_channels + 64) if ok(c)][:near]
+    return sorted(below) + above
+
+
 def _check_common(cfg):
     """Validation shared by the UNet and the classifier configs."""
+    for name in ("image_size", "in_channels", "model_channels", "num_res_blocks"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
     if cfg.image_size < 1 or cfg.in_channels < 1 or cfg.model_channels < 1 or cfg.num_res_blocks < 1:
         raise ValueError("image_size, in_channels, model_channels and num_res_blocks must be positive")
     mult = cfg.channel_mult
@@ -47,12 +62,15 @@ def _check_common(cfg):
             f"image_size={cfg.image_size} cannot be halved {levels - 1} times (channel_mult has {levels} "
             f"levels); use fewer levels or an image size divisible by {2 ** (levels - 1)}"
         )
-    for m in mult:
-        ch = int(m * cfg.model_channels)
-        if ch % 32:
+    for level, m in enumerate(mult):
+        ch = m * cfg.model_channels
+        if ch != int(ch) or int(ch) % 32:
+            choices = " or ".join(str(c) for c in _valid_widths(cfg.model_channels, mult))
             raise ValueError(
-                f"model_channels * channel_mult = {ch} is not a multiple of 32 (GroupNorm uses 32 groups); "
-                f"change model_channels={cfg.model_channels} or channel_mult={mult}"
+                f"model_channels={cfg.model_channels} gives {ch:g} channels at level {level} "
+                f"(channel_mult={mult}), but GroupNorm normalises in 32 groups, so every level's width "
+                f"model_channels x channel_mult must be a multiple of 32: use model_channels={choices}, "
+                f"or change channel_mult"
             )
     sizes = [cfg.image_size // 2 ** i for i in range(levels)]
     for r in cfg.attention_resolutions:
