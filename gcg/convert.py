@@ -194,6 +194,29 @@ def convert_attention_order(state_dict, config, new_order=True):
     return out, new_config
 
 
+def _read_state_dict(path, stem, map_location):
+    """``torch.load(path, weights_only=True)`` of a released state dict; one-line errors for a
+    truncated file, a gcg checkpoint (any format) and anything that is not a dict of tensors."""
+    from gcg.checkpoint import pickle_text
+
+    gcg_hint = (f"{path!r} is a gcg training checkpoint, not an OpenAI release: load it with "
+                f"gcg.checkpoint.load_model({path!r})")
+    try:
+        state_dict = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated (miniz), not a torch file, or pickled objects
+        if "model_config" in pickle_text(path):
+            raise ValueError(gcg_hint) from None
+        reason = str(exc).split(". ")[0].splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"OpenAI checkpoint {path!r} is unreadable ({type(exc).__name__}: {reason}); it is "
+                         f"truncated or not a PyTorch file: download {stem}.pt again ({RELEASES_URL})") from None
+    if isinstance(state_dict, dict) and "model_config" in state_dict:
+        raise ValueError(gcg_hint)
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ValueError(f"{path!r} does not hold a state dict (a dict of tensors) as OpenAI's releases do; "
+                         f"download {stem}.pt from {RELEASES_URL}")
+    return state_dict
+
+
 def load_openai_checkpoint(path, name, attention_order=None, map_location="cpu"):
     """Load an OpenAI guided-diffusion release (e.g. ``64x64_diffusion.pt``) as a gcg model in eval mode.
 
@@ -214,7 +237,7 @@ def load_openai_checkpoint(path, name, attention_order=None, map_location="cpu")
             f"openai/guided-diffusion README ({RELEASES_URL}); download {stem}.pt there and pass its path, "
             f"e.g. put it at models/{stem}.pt and call load_openai_checkpoint('models/{stem}.pt', {stem!r})."
         )
-    state_dict = torch.load(path, map_location=map_location, weights_only=True)
+    state_dict = _read_state_dict(path, name if isinstance(name, str) else "<model>", map_location)
     config = _resolve_config(name)
     state_dict = openai_to_gcg(state_dict, config)
     if attention_order is not None:

@@ -810,7 +810,7 @@ def _glyph_split(split: str, seed: int, per_font: int):
     fonts = [f for f in usable if (f in GLYPH_TEST_FONTS) == (split == "test")]
     path = os.path.join(_cache_root(), f"glyphs-v{GLYPH_CACHE_VERSION}-{split}-seed{seed}-{per_font}.pt")
     if os.path.exists(path):
-        cached = torch.load(path)
+        cached = torch.load(path, weights_only=True)
         if cached["fonts"] == fonts:
             return cached["images"], cached["labels"], cached["font_ids"], fonts
     images, labels, font_ids = render_glyphs(fonts, per_font, seed)
@@ -1019,8 +1019,11 @@ class InfiniteLoader:
         if hasattr(view, "set_epoch"):
             view = copy.copy(view)  # shallow: shares the data, owns its epoch
             view.set_epoch(epoch, self.seed)
+        # generator: the DataLoader draws its workers' base seed from it, not from the global RNG
+        # (which the training stream uses); seeded by (seed, epoch), a resumed run draws the same
         loader = DataLoader(view, batch_sampler=self.epoch_indices(epoch)[offset:],
-                            num_workers=self.num_workers, pin_memory=self.pin_memory)
+                            num_workers=self.num_workers, pin_memory=self.pin_memory,
+                            generator=_generator(1, self.seed, epoch))
         self._batches = iter(loader)
 
     def __iter__(self):

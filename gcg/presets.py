@@ -69,7 +69,7 @@ class TrainConfig:
     out_dir: str | None = None  # None = write nothing (notebooks)
     log_every: int = 50
     log: str = "jsonl"  # "jsonl" (metrics.jsonl) | "tensorboard" (also out_dir/tensorboard events)
-    save_every: int = 0  # checkpoint every K steps (0 = only at the end)
+    save_every: int = 200  # checkpoint every K steps and at the end (0 = only at the end)
     keep_checkpoints: int = 2
     sample_every: int = 0  # PNG grid from the EMA model every K steps (0 = only at the end)
     num_sample_images: int = 64
@@ -412,6 +412,8 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"max_steps={config.max_steps} must be >= 1 (the total number of optimizer steps)")
     if config.batch_size <= 0 or config.microbatch < 0:
         raise ValueError("batch_size must be > 0 and microbatch >= 0 (0 = no accumulation)")
+    if config.save_every < 0:
+        raise ValueError(f"save_every={config.save_every} must be >= 0 (0 = checkpoint only at the end)")
     if config.task == "super_res" and config.augment == "gaussian" and config.max_aug_level <= 0:
         raise ValueError("task=super_res with augment=gaussian needs max_aug_level > 0 (a fraction of the "
                          "low-resolution chain in (0, 1], or a number of timesteps); use augment=none "

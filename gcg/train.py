@@ -23,7 +23,10 @@ import json
 import math
 import os
 import random
+import shlex
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +37,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gcg import dist
-from gcg.checkpoint import (build_model, checkpoint_path, list_checkpoints, load_checkpoint,
-                            save_checkpoint)
+from gcg.checkpoint import (build_model, checkpoint_path, latest_checkpoint, list_checkpoints,
+                            load_checkpoint, remove_stale_temp_files, save_checkpoint)
 from gcg.images import downsample
 from gcg.presets import TrainConfig, apply_overrides, describe_presets, get_preset, validate
 from gcg.schedules import space_timesteps
@@ -58,6 +61,8 @@ class TrainResult:
     ema_models: dict = field(default_factory=dict)
     step: int = 0
     config: TrainConfig | None = None
+    stopped_by: str | None = None  # "SIGINT" / "SIGTERM" (handle_signals), "max_seconds", None = max_steps
+    checkpoint: Path | None = None  # the newest checkpoint of this run (saved or resumed from)
 
 
 @dataclass
@@ -393,10 +398,15 @@ def update_ema(ema_models: dict, model: torch.nn.Module, step: int | None = None
 
 # ----------------------------------------------------------------------------- checkpoints
 def _rng_state(state: TrainState) -> dict:
-    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """Every random stream of this rank, as tensors and plain values (``weights_only``-loadable)."""
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    rng = {"torch": torch.get_rng_state(),
+           "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                     "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+           "python": random.getstate(),
            "generator": state.generator.get_state(), "cpu_generator": state.cpu_generator.get_state(),
            "rank_generator": state.rank_generator.get_state(),
-           "data_step": state.step}
+           "data_step": state.step}  # the loader's position; its shuffles derive from (seed, epoch)
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return rng
@@ -404,7 +414,9 @@ def _rng_state(state: TrainState) -> dict:
 
 def _set_rng_state(state: TrainState, rng: dict) -> None:
     torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
+    n = rng["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     random.setstate(rng["python"])
     state.generator.set_state(rng["generator"])
     state.cpu_generator.set_state(rng["cpu_generator"])
@@ -430,16 +442,64 @@ def make_checkpoint(state: TrainState) -> dict:
         "scaler": state.scaler.state_dict(),
         "step": state.step,
         "rng": {"per_rank": per_rank, "world_size": state.info.world_size},
-        "schedule_sampler": sampler.state_dict() if hasattr(sampler, "state_dict") else vars(sampler),
+        "schedule_sampler": sampler.state_dict() if hasattr(sampler, "state_dict") else {},
         "train_config": state.config.to_dict(),
     }
 
 
-def restore(state: TrainState, path) -> None:
-    """Load model, EMA, optimizer, scaler, step, RNG and sampler state from `path` into `state`."""
+# TrainConfig fields that may differ between a run and its resumption: its length, the cadence of
+# logs, checkpoints and grids, where things live, and how (not what) a step computes. Every other
+# field defines the objective, the data stream or the update rule, so a change on resume is an
+# error (`check_resume_config`); a new TrainConfig field belongs to that group until listed here.
+RESUMABLE_FIELDS = frozenset({
+    "max_steps", "log_every", "save_every", "keep_checkpoints", "sample_every", "num_sample_images",
+    "sample_steps", "description", "out_dir", "data_dir", "device", "compile", "channels_last",
+    "microbatch",  # gradient accumulation: the same sum, other float rounding
+    "precision",  # autocast rounding, not the objective (e.g. a bf16 run resumed where bf16 is missing)
+    "ema_rates",  # a new rate starts from the current weights; a dropped one is no longer kept
+})
+# compared as the network config they build (`restore`), which names the changed network field
+NETWORK_FIELDS = frozenset({"model", "model_overrides", "dropout"})
+
+
+def _set_value(value) -> str:
+    """`value` as `--set key=VALUE` text."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def check_resume_config(stored: dict | None, config: TrainConfig, path) -> None:
+    """Raise ValueError naming every field outside RESUMABLE_FIELDS / NETWORK_FIELDS whose value in
+    `config` differs from the checkpoint's `train_config` (a field the checkpoint predates counts
+    as its default), with both values and the `--set` that restores the checkpoint's."""
+    if not stored:
+        return
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(TrainConfig)}
+    plain = lambda v: json.loads(json.dumps(v))  # noqa: E731  tuples -> lists, as stored
+    changed = [(name, stored.get(name, defaults[name]), value) for name, value in config.to_dict().items()
+               if name not in RESUMABLE_FIELDS | NETWORK_FIELDS
+               and plain(stored.get(name, defaults[name])) != plain(value)]
+    if changed:
+        detail = "; ".join(f"{n}={before!r} in the checkpoint, {now!r} now" for n, before, now in changed)
+        fix = " ".join(f"--set {n}={_set_value(before)}" for n, before, _ in changed)
+        raise ValueError(f"cannot resume from {path}: {detail} (this changes what the run computes); "
+                         f"resume with {fix}, or train into a new --out-dir")
+
+
+def restore(state: TrainState, path, payload: dict | None = None) -> None:
+    """Load model, EMA, optimizer, scaler, step, RNG and sampler state from `path` (or its already
+    loaded `payload`) into `state`; a changed maths field or network is an error naming it."""
     from gcg.nn.config import load_state_dict_checked
 
-    payload = load_checkpoint(path, map_location="cpu")  # RNG states must stay on the CPU
+    if payload is None:
+        payload = load_checkpoint(path, map_location="cpu")  # RNG states must stay on the CPU
+        check_resume_config(payload.get("train_config"), state.config, path)
     stored, current = payload["model_config"], state.model_config.to_dict()
     if stored != current:
         diff = {k: (stored.get(k), current.get(k)) for k in current if stored.get(k) != current.get(k)}
@@ -458,8 +518,6 @@ def restore(state: TrainState, path) -> None:
     sampler = state.schedule_sampler
     if hasattr(sampler, "load_state_dict"):
         sampler.load_state_dict(payload["schedule_sampler"])
-    else:
-        vars(sampler).update(payload["schedule_sampler"])
     rng = payload["rng"]
     if rng["world_size"] == state.info.world_size:
         _set_rng_state(state, rng["per_rank"][state.info.rank])
@@ -470,11 +528,12 @@ def restore(state: TrainState, path) -> None:
               "processes; per-rank random streams (dropout, augmentation) are re-seeded", file=sys.stderr)
 
 
-def save(state: TrainState, out_dir: Path) -> Path | None:
-    """Rank 0 writes checkpoint_<step>.pt atomically, links checkpoint.pt to it, prunes old ones."""
+def save(state: TrainState, out_dir: Path) -> Path:
+    """Rank 0 writes checkpoint_<step>.pt atomically, links checkpoint.pt to it, prunes old ones.
+    Collective under DDP (every rank calls it); returns the checkpoint's path on every rank."""
     payload = make_checkpoint(state)
     if not state.info.is_main:
-        return None
+        return checkpoint_path(out_dir, state.step)
     path = save_checkpoint(checkpoint_path(out_dir, state.step), payload)
     latest = out_dir / "checkpoint.pt"
     tmp = out_dir / f".checkpoint.pt.link-{state.step}"
@@ -490,20 +549,29 @@ def save(state: TrainState, out_dir: Path) -> Path | None:
 
 
 def resolve_resume(resume, out_dir) -> Path | None:
-    """`resume`: None/False (fresh), True (out_dir/checkpoint.pt) or a path."""
+    """`resume`: None/False (fresh), True (the newest complete checkpoint in `out_dir`,
+    `gcg.checkpoint.latest_checkpoint`; None, with a one-line warning, when there is none yet), a
+    run directory (its newest checkpoint) or a checkpoint file."""
     if not resume:
         return None
     if resume is True:
         if out_dir is None:
-            raise ValueError("--resume without a path needs --out-dir (where checkpoint.pt lives)")
-        path = Path(out_dir) / "checkpoint.pt"
-        if not path.is_file():
-            found = list_checkpoints(out_dir)
-            if not found:
-                raise FileNotFoundError(f"--resume: no checkpoint.pt or checkpoint_*.pt in {out_dir}")
-            path = found[-1]
+            raise ValueError("--resume without a path needs --out-dir (the run directory to continue)")
+        path = latest_checkpoint(out_dir)
+        if path is None and int(os.environ.get("RANK", "0")) == 0:
+            print(f"gcg.train: warning: --resume: no checkpoint in {out_dir} yet; starting a fresh run",
+                  file=sys.stderr)
         return path
-    return Path(resume)
+    path = Path(resume)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"--resume {path}: no checkpoint_*.pt or checkpoint.pt in that directory")
+        return found
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {path}: no such checkpoint; pass a checkpoint_*.pt file, or "
+                                "--resume alone to continue from the newest one in --out-dir")
+    return path
 
 
 # ----------------------------------------------------------------------------- observability
@@ -660,34 +728,53 @@ def write_sample_grid(state: TrainState, dataset, path: Path, budget: int | None
 
 # ----------------------------------------------------------------------------- the loop
 def train(config: TrainConfig, progress: bool = True, max_seconds: float | None = None,
-          resume=None, dataset=None) -> TrainResult:
+          resume=None, dataset=None, handle_signals: bool = False) -> TrainResult:
     """Train `config` until `config.max_steps` (total, counting resumed steps) or `max_seconds`.
 
-    resume: None (fresh), True (``out_dir/checkpoint.pt``) or a checkpoint path. `dataset`: an
-    already-built data set to use instead of ``gcg.data.make_dataset`` (notebooks).
-    With `config.out_dir` set, rank 0 writes config.json, metrics.jsonl, checkpoints, sample grids
-    and loss_curve.png there; with None nothing is written. A sample grid never costs more network
-    forwards than the run's training did (`sample_grid_plan`: a 2-step smoke run of the 296M recipe
-    samples 4 images x 4 steps, not 64 x 250). On a CPU, fp16/bf16 configs compute in fp32
-    (`compute_precision`; one line on stderr says so). The global torch / numpy / random
-    generators are re-seeded from `config.seed` (so a run is reproducible in a notebook too).
+    resume: None (fresh), True (the newest complete checkpoint in ``out_dir``; a fresh run with a
+    warning when there is none) or a checkpoint path. A fresh run refuses an ``out_dir`` that
+    already holds checkpoints. `dataset`: an already-built data set to use instead of
+    ``gcg.data.make_dataset`` (notebooks).
+    With `config.out_dir` set, rank 0 writes config.json, metrics.jsonl, checkpoints (every
+    `save_every` steps and at the end), sample grids and loss_curve.png there, after removing the
+    temp files of writes an earlier run left unfinished; with None nothing is written. A sample grid
+    never costs more network forwards than the run's training did (`sample_grid_plan`: a 2-step
+    smoke run of the 296M recipe samples 4 images x 4 steps, not 64 x 250). On a CPU, fp16/bf16
+    configs compute in fp32 (`compute_precision`; one line on stderr says so). The global torch /
+    numpy / random generators are re-seeded from `config.seed` (so a run is reproducible in a
+    notebook too).
+    handle_signals (the command line): SIGINT / SIGTERM finish the current step, save a checkpoint
+    and return with `TrainResult.stopped_by` set; under DDP every rank stops after the same step.
+    A second signal acts at once (Ctrl-C twice: KeyboardInterrupt, nothing saved).
     Returns a `TrainResult`.
     """
     from gcg.data import make_loader
 
+    out_dir = Path(config.out_dir) if config.out_dir else None
+    resume_path = resolve_resume(resume, out_dir)
+    payload = None
+    if resume_path is not None:
+        payload = load_checkpoint(resume_path, map_location="cpu")  # RNG states must stay on the CPU
+        check_resume_config(payload.get("train_config"), config, resume_path)
+    elif out_dir is not None and (found := latest_checkpoint(out_dir)) is not None:
+        raise ValueError(f"--out-dir {out_dir} already holds a run's checkpoints ({found.name}); continue "
+                         "it with --resume, or start over in another --out-dir (or delete that one)")
     state, dataset = setup(config, dataset)
     cfg, info = state.config, state.info
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else None
     writes = out_dir is not None and info.is_main
     history: list[dict] = []
-    resume_path = resolve_resume(resume, out_dir)
-    if resume_path is not None:
-        restore(state, resume_path)
+    if payload is not None:
+        restore(state, resume_path, payload)
+        del payload
     notice = precision_notice(state)
     if notice and info.is_main:
         print(notice, file=sys.stderr)
     if writes:
         out_dir.mkdir(parents=True, exist_ok=True)
+        removed = remove_stale_temp_files(out_dir)
+        if removed:
+            print(f"gcg.train: removed {len(removed)} temp file(s) of unfinished checkpoint writes "
+                  f"({sum(n for _, n in removed) / 1e6:.1f} MB) from {out_dir}", file=sys.stderr)
         (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         history = _truncate_metrics(out_dir / "metrics.jsonl", state.step)
     board = tensorboard_writer(out_dir, state.step) if writes and cfg.log == "tensorboard" else None
@@ -696,58 +783,99 @@ def train(config: TrainConfig, progress: bool = True, max_seconds: float | None 
     start_step, start_time = state.step, time.perf_counter()
     bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not (progress and info.is_main),
                desc=f"train {cfg.task}", dynamic_ncols=True)
-    window, last_saved = MetricWindow(), state.step
-    while state.step < cfg.max_steps:
-        if max_seconds is not None and _should_stop(time.perf_counter() - start_time > max_seconds, info):
-            break
-        rng = torch.get_rng_state()  # a DataLoader draws a seed from the global RNG at each new
-        x, y = next(loader)  # epoch; keep that out of the training stream so resume stays exact
-        torch.set_rng_state(rng)
-        stats = train_step(state, x, y if state.num_classes is not None else None)
-        window.add(stats, state.diffusion.num_timesteps, cfg.batch_size)
-        bar.update(1)
-        if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
-            record = {"step": state.step, **window.summary(info.world_size),
-                      "lr": current_lr(cfg, state.step - 1), "loss_scale": stats["loss_scale"],
-                      "elapsed_s": time.perf_counter() - start_time}
-            window = MetricWindow()
-            history.append(record)
-            bar.set_postfix(loss=f"{record.get('loss', math.nan):.4f}",
-                            img_s=f"{record['images_per_s']:.0f}")
-            if writes:
-                with open(out_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                if board is not None:
-                    log_tensorboard(board, record)
-        if out_dir is not None and cfg.save_every and state.step % cfg.save_every == 0:
-            save(state, out_dir)
-            last_saved = state.step
-        if writes and cfg.task != "classifier" and cfg.sample_every and state.step % cfg.sample_every == 0:
-            write_sample_grid(state, dataset, out_dir / f"samples_{state.step:07d}.png",
-                              budget=grid_budget(state, state.step - start_step))
-    bar.close()
-    if board is not None:
-        board.close()
-    if out_dir is not None and state.step > last_saved:
-        save(state, out_dir)
+    window, last_saved, checkpoint, stop = MetricWindow(), state.step, resume_path, 0
+    signals = StopSignals(state, out_dir) if handle_signals else contextlib.nullcontext()
+    with signals:
+        while state.step < cfg.max_steps:
+            if handle_signals or max_seconds is not None:  # one collective per step under DDP
+                timed_out = max_seconds is not None and time.perf_counter() - start_time > max_seconds
+                stop = _should_stop(getattr(signals, "received", 0) or int(timed_out), info)
+                if stop:
+                    break
+            x, y = next(loader)
+            stats = train_step(state, x, y if state.num_classes is not None else None)
+            window.add(stats, state.diffusion.num_timesteps, cfg.batch_size)
+            bar.update(1)
+            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+                record = {"step": state.step, **window.summary(info.world_size),
+                          "lr": current_lr(cfg, state.step - 1), "loss_scale": stats["loss_scale"],
+                          "elapsed_s": time.perf_counter() - start_time}
+                window = MetricWindow()
+                history.append(record)
+                bar.set_postfix(loss=f"{record.get('loss', math.nan):.4f}",
+                                img_s=f"{record['images_per_s']:.0f}")
+                if writes:
+                    with open(out_dir / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    if board is not None:
+                        log_tensorboard(board, record)
+            if out_dir is not None and cfg.save_every and state.step % cfg.save_every == 0:
+                checkpoint, last_saved = save(state, out_dir), state.step
+            if writes and cfg.task != "classifier" and cfg.sample_every and \
+                    state.step % cfg.sample_every == 0 and not getattr(signals, "received", 0):
+                write_sample_grid(state, dataset, out_dir / f"samples_{state.step:07d}.png",
+                                  budget=grid_budget(state, state.step - start_step))
+        bar.close()
+        if board is not None:
+            board.close()
+        if out_dir is not None and state.step > last_saved:
+            checkpoint = save(state, out_dir)
+        interrupted = bool(getattr(signals, "received", 0))
     if writes and state.step > start_step:
         if history:
             plot_loss_curve(history, out_dir / "loss_curve.png")
-        if cfg.task != "classifier":
+        if cfg.task != "classifier" and not interrupted:  # a pre-empted job has seconds, not minutes
             write_sample_grid(state, dataset, out_dir / "samples_final.png",
                               budget=grid_budget(state, state.step - start_step))
     model = state.model.eval()
     ema = next(iter(state.ema_models.values()), model)
-    return TrainResult(model, ema, state.diffusion, history, state.ema_models, state.step, cfg)
+    stopped_by = signal.Signals(stop).name if stop > 1 else ("max_seconds" if stop == 1 else None)
+    return TrainResult(model, ema, state.diffusion, history, state.ema_models, state.step, cfg,
+                       stopped_by=stopped_by, checkpoint=checkpoint)
 
 
-def _should_stop(local_flag: bool, info: dist.DistInfo) -> bool:
-    """Rank 0's decision, broadcast so every rank leaves the loop at the same step."""
+class StopSignals:
+    """While active, SIGINT and SIGTERM only set `received` (the signal number): the loop then
+    finishes its step, saves and returns. The first signal restores the previous handlers, so a
+    second one acts at once (Ctrl-C: KeyboardInterrupt; SIGTERM: termination), unsaved.
+    Outside the main thread (where Python cannot install handlers) it does nothing."""
+
+    def __init__(self, state: TrainState, out_dir: Path | None):
+        self.state, self.out_dir, self.received, self.previous = state, out_dir, 0, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+        self._restore()
+        if self.state.info.is_main:
+            then = "saving a checkpoint" if self.out_dir is not None else "returning (out_dir=None: nothing saved)"
+            again = "Ctrl-C" if signum == signal.SIGINT else "the signal"
+            tqdm.write(f"gcg.train: {signal.Signals(signum).name}: finishing step {self.state.step + 1}, then "
+                       f"{then}; {again} again stops at once without saving", file=sys.stderr)
+
+    def _restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self.previous = {}
+
+    def __exit__(self, *exc):
+        self._restore()
+        return False
+
+
+def _should_stop(local_code: int, info: dist.DistInfo) -> int:
+    """The stop code every rank agrees on: the largest over ranks (0 = go on, 1 = time limit,
+    else a signal number), so a signal that reached any one rank stops all after the same step."""
     if info.world_size == 1:
-        return local_flag
-    flag = torch.tensor([float(local_flag)], device=info.device)
-    torch.distributed.broadcast(flag, src=0)
-    return bool(flag.item())
+        return int(local_code)
+    code = torch.tensor([float(local_code)], device=info.device)
+    torch.distributed.all_reduce(code, op=torch.distributed.ReduceOp.MAX)
+    return int(code.item())
 
 
 def _truncate_metrics(path: Path, step: int) -> list[dict]:
@@ -787,6 +915,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a config field; repeatable")
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
                         help="continue from OUT_DIR/checkpoint.pt (or the given checkpoint)")
+    parser.add_argument("--save-every", type=int, metavar="N",
+                        help="checkpoint every N steps (0 = only at the end; default: the preset's)")
     parser.add_argument("--max-seconds", type=float, help="stop (and checkpoint) after this long")
     add_threads_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -805,7 +935,8 @@ def config_from_args(args) -> TrainConfig:
     else:
         config = get_preset(args.preset)
         overrides = {"out_dir": args.out_dir or f"runs/{args.preset}"}
-    for flag, key in (("data_dir", "data_dir"), ("batch_size", "batch_size"), ("max_steps", "max_steps")):
+    for flag, key in (("data_dir", "data_dir"), ("batch_size", "batch_size"), ("max_steps", "max_steps"),
+                      ("save_every", "save_every")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     config = apply_overrides(config, overrides)
@@ -874,12 +1005,37 @@ def _main(argv) -> int:
         print("\n".join(startup_summary(config, dataset, threads)), file=sys.stderr)
     try:
         result = train(config, progress=not args.no_progress, max_seconds=args.max_seconds,
-                       resume=args.resume, dataset=dataset)
+                       resume=args.resume, dataset=dataset, handle_signals=True)
+    except KeyboardInterrupt:  # Ctrl-C twice (or before training began): stop at once
+        print("gcg.train: interrupted; stopped at once, without saving the current step", file=sys.stderr)
+        return 128 + signal.SIGINT
     finally:
         dist.cleanup()
-    if int(os.environ.get("RANK", "0")) == 0:
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if result.stopped_by in ("SIGINT", "SIGTERM"):
+        if main_rank:
+            print(interrupted_message(result, sys.argv[1:] if argv is None else argv), file=sys.stderr)
+        return 128 + signal.Signals[result.stopped_by]
+    if main_rank:
         print(f"gcg.train: {result.step} steps; outputs in {result.config.out_dir}")
     return 0
+
+
+def interrupted_message(result: TrainResult, argv: list[str]) -> str:
+    """One line: the signal, the step reached, the checkpoint and the command that resumes."""
+    args, skip = [], False
+    for a in argv:  # the same command without its --resume [CKPT]
+        if skip and not a.startswith("-"):
+            skip = False
+            continue
+        skip = a == "--resume"
+        if not skip and not a.startswith("--resume="):
+            args.append(a)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    launcher = f"torchrun --nproc_per_node {world} -m gcg.train" if world > 1 else "python -m gcg.train"
+    where = f"saved {result.checkpoint}" if result.checkpoint else "no step completed, nothing saved"
+    return (f"gcg.train: stopped by {result.stopped_by} at step {result.step}/{result.config.max_steps}; "
+            f"{where}; resume with: {launcher} {shlex.join(args)} --resume")
 
 
 if __name__ == "__main__":

@@ -297,3 +297,31 @@ def test_load_openai_checkpoint_errors(tmp_path):
         load_openai_checkpoint(tmp_path / "x.pt", "32x32_diffusion")
     with pytest.raises(ValueError, match="attention_order"):
         load_openai_checkpoint(tmp_path / "x.pt", "64x64_diffusion", attention_order="old")
+
+
+def test_load_openai_checkpoint_names_the_fix_for_truncated_and_gcg_files(tmp_path):
+    import numpy as np
+
+    from gcg.checkpoint import save_checkpoint
+
+    cfg = CONFIGS["conv_resample_legacy_addnorm"]
+    path = tmp_path / "64x64_diffusion.pt"
+    torch.save(random_reference_state(cfg), path)
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])  # an interrupted download
+    with pytest.raises(ValueError, match=r"64x64_diffusion.pt' is unreadable \(RuntimeError: .*\); it is truncated "
+                                         r"or not a PyTorch file: download 64x64_diffusion.pt again") as info:
+        load_openai_checkpoint(path, "64x64_diffusion")
+    assert "\n" not in str(info.value)
+    gcg_file = save_checkpoint(tmp_path / "checkpoint.pt", {"model_config": cfg.to_dict(),
+                                                            "model": create_model(cfg).state_dict()})
+    old_gcg_file = tmp_path / "old.pt"  # a gcg checkpoint of the older format: numpy pickled inside
+    torch.save({"model_config": cfg.to_dict(), "model": {}, "rng": np.random.get_state()}, old_gcg_file)
+    for gcg_path in (gcg_file, old_gcg_file):
+        with pytest.raises(ValueError, match=r"is a gcg training checkpoint, not an OpenAI release: load it "
+                                             r"with gcg.checkpoint.load_model") as info:
+            load_openai_checkpoint(gcg_path, cfg)
+        assert "weights_only" not in str(info.value)
+    torch.save({"state": [1, 2]}, tmp_path / "list.pt")
+    with pytest.raises(ValueError, match=r"does not hold a state dict \(a dict of tensors\)"):
+        load_openai_checkpoint(tmp_path / "list.pt", cfg)

@@ -1,14 +1,27 @@
-"""The trainer: every preset runs (tiny overrides), exact resume, accumulation, fp16 skip, CLI errors."""
+"""The trainer: every preset runs (tiny overrides), exact resume, accumulation, fp16 skip, CLI errors,
+signals (SIGINT/SIGTERM save and resume exactly), resume checks."""
 import dataclasses
 import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from gcg.checkpoint import checkpoint_path, load_checkpoint
 from gcg.presets import PRESETS, TrainConfig, apply_overrides, get_preset
-from gcg.train import (build_model_config, compute_precision, main, sample_grid_plan, setup, train,
+from gcg.train import (NETWORK_FIELDS, RESUMABLE_FIELDS, build_model_config, compute_precision,
+                       interrupted_message, main, resolve_resume, sample_grid_plan, setup, train,
                        train_step)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {"diffusion": "tiny", "super_res": "tiny", "classifier": "tiny_classifier"}
 
@@ -232,3 +245,189 @@ def test_cpu_smoke_run_of_the_gpu_recipe(tmp_path, imagenet_dir, capsys):
     assert "samples_final.png: 4 images x 4 steps, scaled to this short run (configured: 64 x 250)" in err
     assert (tmp_path / "run" / "samples_final.png").is_file()
     assert json.loads((tmp_path / "run" / "config.json").read_text())["precision"] == "fp16"
+
+
+# ----------------------------------------------------------------------------- signals and resume
+CLI_SETTINGS = ["model=tiny", "image_size=8", "batch_size=4", "dropout=0.1", "p_uncond=0.5", "log_every=1",
+                "sample_every=0", "num_sample_images=2", "sample_steps=ddim2", "ema_rates=0.9",
+                "schedule_sampler=loss-second-moment"]
+
+
+def cli_args(out, max_steps):
+    return ["--preset", "digits", "--max-steps", str(max_steps), "--out-dir", str(out), "--no-progress",
+            *[a for s in CLI_SETTINGS for a in ("--set", s)]]
+
+
+def start_and_signal(cmds, out, signum, which=0, env_extra=({},)):
+    """Start the processes `cmds`, wait until two steps are logged, send `signum` to process `which`;
+    returns [(returncode, stderr)] of each."""
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra})
+             for cmd, extra in zip(cmds, env_extra)]
+    metrics, deadline = out / "metrics.jsonl", time.monotonic() + 240
+    try:
+        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+            assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
+            assert time.monotonic() < deadline, "no training step logged in 240 s"
+            time.sleep(0.05)
+        procs[which].send_signal(signum)
+        errs = [p.communicate(timeout=240)[1] for p in procs]
+        return [(p.returncode, err) for p, err in zip(procs, errs)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+def state_tensors(result):
+    """Weights, every EMA and the optimizer's moments of a TrainResult (for bit-exact comparison)."""
+    return [*params(result.model), *[p for ema in result.ema_models.values() for p in params(ema)]]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_finishes_the_step_saves_and_the_run_resumes_exactly(signum, tmp_path):
+    out = tmp_path / "run"
+    args = cli_args(out, 100_000)
+    [(code, err)] = start_and_signal([[sys.executable, "-m", "gcg.train", *args]], out, signum)
+    assert code == 128 + signum and "Traceback" not in err, err
+    step = load_checkpoint(out / "checkpoint.pt")["step"]
+    assert step >= 2
+    assert err.strip().splitlines()[-1] == (
+        f"gcg.train: stopped by {signum.name} at step {step}/100000; saved {checkpoint_path(out, step)}; "
+        f"resume with: python -m gcg.train {shlex.join(args)} --resume")
+    logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1] == step  # the step running when the signal came was finished and saved
+    # resume to step + 2 (as the printed command would, with another --max-steps) == never interrupted
+    config = apply_overrides(apply_overrides(get_preset("digits"), {"out_dir": str(out)}), CLI_SETTINGS)
+    resumed = train(dataclasses.replace(config, max_steps=step + 2), progress=False, resume=True)
+    straight = train(dataclasses.replace(config, max_steps=step + 2, out_dir=None), progress=False)
+    assert resumed.step == straight.step == step + 2
+    assert all(torch.equal(a, b) for a, b in zip(state_tensors(resumed), state_tensors(straight), strict=True))
+    assert resumed.history[-1]["loss"] == straight.history[-1]["loss"]
+
+
+@pytest.mark.slow  # two gloo processes
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_a_signal_to_one_ddp_rank_stops_every_rank_after_the_same_step(tmp_path):
+    out = tmp_path / "ddp"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    cmd = [sys.executable, "-m", "gcg.train", *cli_args(out, 100_000)]
+    envs = [{"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+             "MASTER_PORT": port} for r in (0, 1)]
+    results = start_and_signal([cmd, cmd], out, signal.SIGTERM, which=1, env_extra=envs)
+    assert [code for code, _ in results] == [143, 143], [err[-2000:] for _, err in results]
+    saved = load_checkpoint(out / "checkpoint.pt")
+    assert [r["data_step"] for r in saved["rng"]["per_rank"]] == [saved["step"]] * 2
+    assert "stopped by SIGTERM" in results[0][1] and "torchrun --nproc_per_node 2" in results[0][1]
+
+
+def test_interrupted_message_drops_the_old_resume_argument():
+    from gcg.train import TrainResult
+
+    result = TrainResult(None, None, None, [], step=7, config=TrainConfig(max_steps=9), stopped_by="SIGINT",
+                         checkpoint=Path("r/checkpoint_0000007.pt"))
+    for argv in (["--preset", "toy", "--resume", "r/x.pt", "--no-progress"], ["--preset", "toy", "--resume",
+                 "--no-progress"], ["--preset", "toy", "--resume=r/x.pt", "--no-progress"]):
+        assert interrupted_message(result, argv) == (
+            "gcg.train: stopped by SIGINT at step 7/9; saved r/checkpoint_0000007.pt; resume with: "
+            "python -m gcg.train --preset toy --no-progress --resume")
+
+
+def test_resume_with_nothing_to_resume_starts_fresh_and_a_fresh_run_keeps_old_checkpoints(tmp_path, capsys):
+    config = tiny("digits", tmp_path)
+    assert train(config, progress=False, resume=True).step == 2
+    err = capsys.readouterr().err
+    assert f"gcg.train: warning: --resume: no checkpoint in {tmp_path / 'run'} yet; starting a fresh run" in err
+    with pytest.raises(ValueError, match=r"already holds a run's checkpoints \(checkpoint_0000002.pt\); "
+                                         "continue it with --resume"):
+        train(config, progress=False)
+    with pytest.raises(FileNotFoundError, match="--resume .*nope.pt: no such checkpoint"):
+        train(config, progress=False, resume=str(tmp_path / "nope.pt"))
+
+
+def test_resume_takes_the_newest_checkpoint_and_clears_unfinished_writes(tmp_path, capsys):
+    config = tiny("digits", tmp_path, max_steps=3, save_every=1)
+    train(config, progress=False)
+    run = tmp_path / "run"
+    # a kill between renaming checkpoint_0000003.pt and re-linking checkpoint.pt, and temp files
+    # of writes that never finished
+    (run / "checkpoint.pt").unlink()
+    os.link(run / "checkpoint_0000002.pt", run / "checkpoint.pt")
+    (run / ".checkpoint_0000004.pt.tmp-99999").write_bytes(bytes(2_000_000))
+    (run / ".checkpoint.pt.link-4").write_bytes(b"")
+    assert resolve_resume(True, run) == run / "checkpoint_0000003.pt"
+    assert resolve_resume(str(run), None) == run / "checkpoint_0000003.pt"
+    capsys.readouterr()
+    result = train(dataclasses.replace(config, max_steps=4), progress=False, resume=True)
+    assert result.step == 4 and result.checkpoint == run / "checkpoint_0000004.pt"
+    assert f"removed 2 temp file(s) of unfinished checkpoint writes (2.0 MB) from {run}" in capsys.readouterr().err
+    assert sorted(p.name for p in run.glob(".*")) == []
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 4
+
+
+@pytest.mark.parametrize("field, value, stored", [
+    ("noise_schedule", "linear", "'cosine'"), ("diffusion_steps", 500, "1000"),
+    ("model_var_type", "learned_range", "'fixed_small'"), ("loss_type", "rescaled_mse", "'mse'"),
+    ("model_mean_type", "start_x", "'epsilon'"), ("p_uncond", 0.0, "0.1"), ("lr", 0.01, "0.001"),
+    ("batch_size", 8, "4"), ("seed", 1, "0")])
+def test_resume_refuses_a_change_of_the_maths(field, value, stored, tmp_path):
+    config = tiny("digits", tmp_path)
+    train(config, progress=False)
+    changed = dataclasses.replace(config, max_steps=4, **{field: value})
+    with pytest.raises(ValueError, match=rf"cannot resume from .*checkpoint_0000002.pt: {field}={stored} in the "
+                                         rf"checkpoint, {value!r} now .*resume with --set {field}="):
+        train(changed, progress=False, resume=True)
+
+
+def test_resume_allows_length_cadence_and_how_steps_compute(tmp_path, capsys):
+    config = tiny("digits", tmp_path, p_uncond=0.0)
+    train(config, progress=False)
+    changed = dataclasses.replace(config, max_steps=3, log_every=3, save_every=5, microbatch=2,
+                                  precision="bf16", ema_rates=(0.999, 0.5), sample_steps="ddim3",
+                                  keep_checkpoints=3, description="longer")
+    assert train(changed, progress=False, resume=True).step == 3
+    capsys.readouterr()
+    code = main(["--preset", "digits", "--out-dir", str(tmp_path / "run"), "--resume", "--no-progress",
+                 "--set", "model=tiny", "--set", "image_size=8", "--set", "noise_schedule=linear"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "noise_schedule='cosine' in the checkpoint, 'linear' now" in err
+
+
+def test_every_resumable_field_exists_and_the_maths_fields_are_checked():
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert RESUMABLE_FIELDS | NETWORK_FIELDS <= names
+    for field in ("task", "dataset", "image_size", "noise_schedule", "diffusion_steps", "model_mean_type",
+                  "model_var_type", "loss_type", "schedule_sampler", "p_uncond", "class_cond", "low_res_size",
+                  "augment", "max_aug_level", "classifier_t_max", "batch_size", "lr", "weight_decay",
+                  "lr_anneal_steps", "grad_clip", "seed"):
+        assert field in names and field not in RESUMABLE_FIELDS | NETWORK_FIELDS, field
+
+
+def test_the_loader_leaves_the_global_rng_alone():
+    """The DataLoader draws its base seed from its own (seed, epoch) generator, not the global one."""
+    from gcg.data import make_loader
+
+    loader = make_loader(torch.utils.data.TensorDataset(torch.arange(10.0), torch.arange(10)), batch_size=4)
+    before = torch.get_rng_state()
+    batches = [next(loader)[1].tolist() for _ in range(5)]  # two batches per epoch: three epochs begun
+    assert torch.equal(torch.get_rng_state(), before)
+    resumed = make_loader(torch.utils.data.TensorDataset(torch.arange(10.0), torch.arange(10)), batch_size=4,
+                          start_step=3)
+    assert [next(resumed)[1].tolist() for _ in range(2)] == batches[3:]
+
+
+def test_save_every_flag_and_its_check(tmp_path, capsys):
+    args = ["--preset", "digits", "--max-steps", "3", "--no-progress", "--set", "model=tiny",
+            "--set", "image_size=8", "--set", "batch_size=4", "--set", "sample_every=0",
+            "--set", "num_sample_images=2", "--set", "sample_steps=ddim2"]
+    assert main([*args, "--out-dir", str(tmp_path / "a"), "--save-every", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "a").glob("checkpoint_*.pt")) == [
+        "checkpoint_0000002.pt", "checkpoint_0000003.pt"]  # every step, the newest keep_checkpoints=2
+    capsys.readouterr()
+    assert main([*args, "--out-dir", str(tmp_path / "b"), "--save-every", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "save_every=-1 must be >= 0" in err
+    assert get_preset("digits").save_every > 0 and all(  # the CPU presets save periodically
+        c.save_every > 0 for c in PRESETS.values())
