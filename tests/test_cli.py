@@ -270,7 +270,7 @@ def test_every_preset_round_trips_through_its_config_json(preset):
 
 
 @pytest.mark.parametrize("edit, match", [
-    (lambda d: d.update(ema_warmup=True), r"unknown field 'ema_warmup' is not a TrainConfig field"),
+    (lambda d: d.update(ema_decay_warmup=True), r"unknown field 'ema_decay_warmup' is not a TrainConfig field"),
     (lambda d: d.update(batch_size="abc"), r"field 'batch_size' must be an integer, got 'abc'"),
     (lambda d: d.update(lr=None), r"field 'lr' must be a number"),
     (lambda d: d.update(ema_rates=0.999), r"field 'ema_rates' must be a list"),
