@@ -51,7 +51,7 @@ def export_checkpoint(checkpoint, out_dir, ema_rate: float | None = None, use_em
     checkpoint has no EMA, e.g. a classifier), else the raw weights. Returns
     {"weights", "config", "ema_rate", "step", "bytes", "checkpoint_bytes"}.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -70,7 +70,7 @@ def export_checkpoint(checkpoint, out_dir, ema_rate: float | None = None, use_em
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / WEIGHTS
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    _write_atomic(weights, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
+    _write_atomic(weights, lambda p: p.write_bytes(save(tensors, metadata={"format": FORMAT})))
     config = {"format": FORMAT, "format_version": FORMAT_VERSION,
               "model_config": payload["model_config"], "diffusion_config": payload.get("diffusion_config"),
               "weights": WEIGHTS, "sha256": _file_sha256(weights), "ema_rate": rate,
