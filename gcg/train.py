@@ -453,7 +453,7 @@ def make_checkpoint(state: TrainState) -> dict:
 # error (`check_resume_config`); a new TrainConfig field belongs to that group until listed here.
 RESUMABLE_FIELDS = frozenset({
     "max_steps", "log_every", "save_every", "keep_checkpoints", "sample_every", "num_sample_images",
-    "sample_steps", "description", "out_dir", "data_dir", "device", "compile", "channels_last",
+    "sample_steps", "description", "out_dir", "data_dir", "device", "compile", "channels_last", "log",
     "microbatch",  # gradient accumulation: the same sum, other float rounding
     "precision",  # autocast rounding, not the objective (e.g. a bf16 run resumed where bf16 is missing)
     "ema_rates",  # a new rate starts from the current weights; a dropped one is no longer kept

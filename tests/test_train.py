@@ -392,7 +392,9 @@ def test_resume_allows_length_cadence_and_how_steps_compute(tmp_path, capsys):
     code = main(["--preset", "digits", "--out-dir", str(tmp_path / "run"), "--resume", "--no-progress",
                  "--set", "model=tiny", "--set", "image_size=8", "--set", "noise_schedule=linear"])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "noise_schedule='cosine' in the checkpoint, 'linear' now" in err
+    # the start-up summary comes first; the refusal is one line after it, before any training step
+    assert code == 2 and "Traceback" not in err and "steps" not in err.splitlines()[-1]
+    assert "noise_schedule='cosine' in the checkpoint, 'linear' now" in err.splitlines()[-1]
 
 
 def test_every_resumable_field_exists_and_the_maths_fields_are_checked():
