@@ -287,7 +287,17 @@ def state_tensors(result):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_finishes_the_step_saves_and_the_run_resumes_exactly(signum, tmp_path):
     out = tmp_path / "run"
-    args = cli_args(out, 100_000)
+    # bit-exact comparison across processes needs the same float reduction order: one thread in both
+    args = [*cli_args(out, 100_000), "--threads", "1"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _signal_then_resume(signum, out, args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _signal_then_resume(signum, out, args):
     [(code, err)] = start_and_signal([[sys.executable, "-m", "gcg.train", *args]], out, signum)
     assert code == 128 + signum and "Traceback" not in err, err
     step = load_checkpoint(out / "checkpoint.pt")["step"]
