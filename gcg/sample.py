@@ -71,10 +71,7 @@ def generate(model, diffusion, num_samples: int, shape: tuple | None = None, cla
         model.eval()
     common = dict(clip_denoised=clip_denoised, cond_fn=cond_fn, model_kwargs=kwargs, device=device,
                   progress=progress, generator=generator)
-    full_shape = (num_samples, *shape)
-    if sampler == "ddim":
-        return chain.ddim_sample_loop(model, full_shape, eta=eta, **common)
-    return chain.p_sample_loop(model, full_shape, cond_at=cond_at, **common)
+    return chain.sample_loop(model, (num_samples, *shape), sampler=sampler, eta=eta, cond_at=cond_at, **common)
 
 
 def _device_of(model) -> torch.device:

@@ -270,12 +270,12 @@ def _main(argv) -> int:
     kwargs = dict(clip_denoised=False, model_kwargs={"y": labels}, generator=generator)
 
     runs = [("data", data, data_y, 0.0)]
-    for name, chain, loop in [
-        (f"DDPM, {diffusion.num_timesteps} steps", diffusion, "p_sample_loop"),
-        (f"DDIM (eta=0), {args.ddim_steps} steps", diffusion.respace(f"ddim{args.ddim_steps}"), "ddim_sample_loop"),
+    for name, chain, sampler in [
+        (f"DDPM, {diffusion.num_timesteps} steps", diffusion, "ddpm"),
+        (f"DDIM (eta=0), {args.ddim_steps} steps", diffusion.respace(f"ddim{args.ddim_steps}"), "ddim"),
     ]:
         start = time.perf_counter()
-        x = getattr(chain, loop)(model, (args.n, toy.dim), **kwargs)
+        x = chain.sample_loop(model, (args.n, toy.dim), sampler=sampler, **kwargs)
         runs.append((name, x, labels, time.perf_counter() - start))
 
     print(f"data: mean {toy.mean().numpy().round(3)}, covariance {toy.covariance().numpy().round(3).tolist()}")

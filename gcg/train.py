@@ -894,7 +894,7 @@ BUILT_IN_DATA = ("digits", "photo-patches", "glyphs", "toy-gmm")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gcg.cli import ArgumentParser, add_threads_argument, positive_int
+    from gcg.cli import ArgumentParser, add_threads_argument, nonnegative_int, positive_float, positive_int
 
     parser = ArgumentParser(
         prog="python -m gcg.train", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -915,9 +915,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a config field; repeatable")
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
                         help="continue from OUT_DIR/checkpoint.pt (or the given checkpoint)")
-    parser.add_argument("--save-every", type=int, metavar="N",
+    parser.add_argument("--save-every", type=nonnegative_int, metavar="N",
                         help="checkpoint every N steps (0 = only at the end; default: the preset's)")
-    parser.add_argument("--max-seconds", type=float, help="stop (and checkpoint) after this long")
+    parser.add_argument("--max-seconds", type=positive_float, help="stop (and checkpoint) after this long")
     add_threads_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return parser
