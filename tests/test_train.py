@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from gcg.checkpoint import checkpoint_path, load_checkpoint
-from gcg.presets import PRESETS, TrainConfig, apply_overrides, get_preset
+from gcg.presets import PRESETS, TrainConfig, apply_overrides, get_preset, validate
 from gcg.train import (NETWORK_FIELDS, RESUMABLE_FIELDS, build_model_config, compute_precision,
                        interrupted_message, main, resolve_resume, sample_grid_plan, setup, train,
                        train_step)
@@ -440,6 +440,8 @@ def test_save_every_flag_and_its_check(tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--out-dir", str(tmp_path / "b"), "--save-every", "-1"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "save_every=-1 must be >= 0" in err
+    assert err.count("\n") == 1 and "argument --save-every: must be >= 0, got -1" in err
+    with pytest.raises(ValueError, match="save_every=-1 must be >= 0"):  # the config check behind --set
+        validate(dataclasses.replace(get_preset("digits"), save_every=-1))
     assert get_preset("digits").save_every > 0 and all(  # the CPU presets save periodically
         c.save_every > 0 for c in PRESETS.values())
