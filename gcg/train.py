@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from gcg import dist
@@ -385,8 +386,6 @@ def update_ema(ema_models: dict, model: torch.nn.Module, step: int | None = None
     `ema_warmup_rate(rate, step)` with `step` = optimizer steps before this update
     (`TrainConfig.ema_warmup`; the step is in every checkpoint, so resume stays exact).
     """
-    from torch.optim.swa_utils import get_ema_multi_avg_fn
-
     params = list(model.parameters())
     buffers = list(model.buffers())
     for rate, ema in ema_models.items():
