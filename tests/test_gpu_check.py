@@ -53,3 +53,21 @@ def test_cpu_smoke_run_reports_every_section(gpu_check, tmp_path, capsys):
     assert len(rates) == 6 and all(v > 0 for v in rates)
     assert report["sections"]["ddp"][0]["value"] > 0  # 2 gloo processes under torchrun
     assert [r["value"] > 0 for r in report["sections"]["sampling"]] == [True] * 4
+
+
+def test_sections_option_selects_and_rejects(gpu_check):
+    assert gpu_check.parse_sections("sampling, throughput") == ("throughput", "sampling")  # run order
+    for bad in ("sampling,speed", ""):
+        with pytest.raises(Exception, match="choose from correctness,train_resume"):
+            gpu_check.parse_sections(bad)
+    with pytest.raises(SystemExit):  # argparse turns the error into one usage line
+        gpu_check.main(["--sections", "speed"])
+
+
+def test_selected_sections_share_the_whole_budget(gpu_check):
+    budget = gpu_check.Budget(100.0, ("train_resume", "throughput"))
+    budget.open("train_resume")
+    share = gpu_check.SHARES["train_resume"] / (gpu_check.SHARES["train_resume"] + gpu_check.SHARES["throughput"])
+    assert budget.left() == pytest.approx(100.0 * share, abs=1.0)
+    budget.open("throughput")  # what the first section leaves carries over: together the whole budget
+    assert budget.left() == pytest.approx(100.0, abs=1.0)
