@@ -313,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=finite_float, default=0.0, help="DDIM eta (0 = deterministic)")
     p.add_argument("--class-labels", type=int_list, help="comma-separated labels, one or one per sample")
     p.add_argument("--classifier", help="a noise-aware classifier checkpoint for guidance")
-    p.add_argument("--classifier-scale", type=finite_float, default=1.0)
+    p.add_argument("--classifier-scale", type=finite_float, default=None,
+                   help="classifier-guidance scale s (needs --classifier; default 1)")
     p.add_argument("--cfg-scale", type=finite_float, default=0.0, help="classifier-free guidance weight w")
     p.add_argument("--cond-at", choices=("x_t", "mean"), default="x_t",
                    help="DDPM guidance: gradient at x_t (reference code) or at the mean")
@@ -354,6 +355,10 @@ def _main(argv) -> int:
         if spec is not None:
             raise UsageError("give --steps or --timestep-respacing, not both")
         spec = f"ddim{args.steps}" if args.sampler == "ddim" else str(args.steps)
+    if args.classifier_scale is not None and args.classifier is None:
+        raise UsageError(f"--classifier-scale {args.classifier_scale} needs --classifier CKPT, a noise-aware "
+                         "classifier checkpoint (python -m gcg.train --preset digits-classifier); "
+                         "for classifier-free guidance use --cfg-scale")
     set_threads(args.threads)
     model, diffusion = load_model(args.checkpoint, use_ema=not args.no_ema, device=device)
     if diffusion is None or getattr(model.config, "kind", "unet") == "classifier":
@@ -367,7 +372,8 @@ def _main(argv) -> int:
     images, labels = sample(model, diffusion, args.num_samples, batch_size=args.batch_size,
                             class_labels=labels, sampler=args.sampler, timestep_respacing=spec,
                             eta=args.eta, classifier=classifier,
-                            classifier_scale=args.classifier_scale, cfg_scale=args.cfg_scale,
+                            classifier_scale=1.0 if args.classifier_scale is None else args.classifier_scale,
+                            cfg_scale=args.cfg_scale,
                             cond_at=args.cond_at, low_res=low_res, aug_level=args.aug_level,
                             seed=args.seed, device=device,
                             progress=not args.no_progress)

@@ -100,6 +100,7 @@ CASES = [
     # silently wrong, or failing after the work, before
     ("sample", [*SAMPLE, "--cfg-scale", "nan"], r"argument --cfg-scale: must be a finite number, got 'nan'"),
     ("sample", [*SAMPLE, "--classifier-scale", "inf"], r"argument --classifier-scale: must be a finite number"),
+    ("sample", [*SAMPLE, "--classifier-scale", "3"], r"--classifier-scale 3\.0 needs --classifier CKPT"),
     ("train", [*DIGITS, "--max-steps", "0"], r"argument --max-steps: must be >= 1, got 0"),
     ("train", [*DIGITS, "--max-seconds", "nan"], r"argument --max-seconds: must be a finite number, got 'nan'"),
     ("train", [*DIGITS, "--max-seconds", "-5"], r"argument --max-seconds: must be > 0, got '-5'"),
