@@ -14,8 +14,8 @@
 # PyTorch tensors.
 # ```
 #
-# **The question.** Can a network learn to run backwards a fixed chain that slowly drowns data in
-# Gaussian noise, turning pure noise into data?
+# **The question.** Can a network learn to reverse a chain that slowly drowns data in Gaussian
+# noise, turning noise into data?
 #
 # **The paper's claim.** {cite:t}`ho2020ddpm` answer yes: with $T = 1000$
 # steps, a linear schedule $\beta_t$ from $10^{-4}$ to $0.02$ and a network trained by a plain
@@ -98,8 +98,8 @@ print(f"toy: {toy.num_classes} components in D = {toy.dim}")
 # \qquad x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon .
 # $$ (ch01-marginal)
 #
-# This is Eq. (4) of {cite:t}`ho2020ddpm`: training never simulates the chain. In gcg:
-# `GaussianDiffusion.q_sample` (and `q_mean_variance`).
+# This is Eq. (4) of {cite:t}`ho2020ddpm`: training never simulates the chain. In gcg: `q_sample`
+# (and `q_mean_variance`).
 #
 # ```{note}
 # **Indexing.** The paper counts steps $t = 1, \dots, T$, code chain indices $i = 0, \dots, T-1$,
@@ -223,9 +223,8 @@ L_T_nats = normal_kl(mean_T, logvar_T, torch.zeros(()), torch.zeros(())).sum(1).
 print(f"alpha_bar_T = {float(diffusion.alphas_cumprod[-1]):.2e}; L_T = {float(L_T_nats):.2e} nats per example")
 
 # %% [markdown]
-# **Picture.** A photo (scikit-learn's sample image, 64×64) and a digit noised with one draw at
-# several $t$, above $\bar\alpha_t$ and $\mathrm{SNR}_t = \bar\alpha_t / (1 - \bar\alpha_t)$ (dots:
-# the strip's $t$). The SNR falls below 1 at $t = 260$, and by $t = 350$ neither image is
+# **Picture.** A photo (64×64) and a digit noised with one draw at several $t$, above
+# $\bar\alpha_t$ and $\mathrm{SNR}_t = \bar\alpha_t / (1 - \bar\alpha_t)$ (dots: the strip's $t$). The SNR falls below 1 at $t = 260$, and by $t = 350$ neither image is
 # recognisable: most of the chain is spent at low SNR.
 
 # %%
@@ -311,8 +310,8 @@ plt.show()
 show(GaussianDiffusion.q_posterior_mean_variance)
 
 # %% [markdown]
-# **Check.** For a fixed scalar $x_0$, draw $x_{t-1}$, then $x_t$. Being jointly Gaussian, the
-# regression of $x_{t-1}$ on $x_t$ is the conditional mean: slope = the $x_t$ coefficient of
+# **Check.** For a fixed scalar $x_0$, draw $x_{t-1}$, then $x_t$. They are jointly Gaussian, so
+# the regression of $x_{t-1}$ on $x_t$ is the conditional mean: slope = the $x_t$ coefficient of
 # $\tilde\mu_t$, intercept = its $x_0$ term, residual variance = $\tilde\beta_t$.
 
 # %% tags=["nbval-ignore-output"]
@@ -382,9 +381,9 @@ for i in [1, 50, 500, 999]:  # chain index i = paper step t = i + 1
 # = \tfrac12\left(-1 + \log\frac{s_2^2}{s_1^2} + \frac{s_1^2}{s_2^2} + \frac{(\mu_1 - \mu_2)^2}{s_2^2}\right)
 # $$ (ch01-kl)
 #
-# per dimension (`gcg.losses.normal_kl`). `calc_bpd_loop` evaluates every term of
-# {eq}`ch01-elbo` with one $x_t$ draw each, in bits per dimension (nats over $D \ln 2$); the toy
-# uses `decoder="gaussian"`, a plain density (image decoders: chapter 02).
+# per dimension (`gcg.losses.normal_kl`). `calc_bpd_loop` evaluates each term of {eq}`ch01-elbo`
+# with one $x_t$ draw, in bits per dimension (nats over $D \ln 2$); the toy uses
+# `decoder="gaussian"` (image decoders: chapter 02).
 
 # %% [markdown]
 # **Check 1: the KL closed form.** A Monte Carlo estimate of $\mathbb E_{q}[\log q - \log p]$
@@ -402,7 +401,8 @@ assert abs(kl_cf - kl_mc) < 5e-3
 
 # %% [markdown]
 # **Check 2: it is a bound.** With the exact noise predictor of section 4, $L$ must lie above the
-# data's true NLL on average: it bounds the model's cross-entropy, at least the data entropy.
+# data's true NLL on average: it bounds the model's cross-entropy, which is at least the data
+# entropy.
 
 # %% tags=["nbval-ignore-output"]
 nll_data, nll_y = toy.sample(2000, generator=gen, dtype=torch.float64)
@@ -419,8 +419,7 @@ assert float((bpd["total_bpd"] - true_bpd).mean()) > -3 * se
 # %% [markdown]
 # ## 4. The $\epsilon$-parameterisation and $L_\text{simple}$
 #
-# With $\sigma_t^2$ fixed, the KL {eq}`ch01-kl` between $q(x_{t-1} \mid x_t, x_0)$ and
-# $p_\theta(x_{t-1} \mid x_t)$ is
+# With $\sigma_t^2$ fixed, the KL {eq}`ch01-kl` of each step is
 # $L_{t-1} = \mathbb E_q\big[\lVert \tilde\mu_t(x_t, x_0) - \mu_\theta(x_t, t)\rVert^2 / (2\sigma_t^2)\big] + C$.
 # Substitute $x_0 = (x_t - \sqrt{1 - \bar\alpha_t}\,\epsilon)/\sqrt{\bar\alpha_t}$ from
 # {eq}`ch01-marginal` into {eq}`ch01-posterior`: the coefficient of $x_t$ becomes
@@ -562,8 +561,8 @@ print("x0, eps, score and v predictions convert into one another exactly (random
 # x_{t-1} = \mu_\theta(x_t, t) + \sigma_t z, \qquad z \sim \mathcal N(0, I) \text{ for } t > 1,\ z = 0 \text{ for } t = 1 .
 # $$ (ch01-ancestral)
 #
-# In gcg: `p_sample`, `p_sample_loop`. With the exact model the samples should be draws from the
-# mixture and, given labels `y`, land in their own component.
+# In gcg: `p_sample`, `p_sample_loop`. With the exact model, samples should follow the mixture
+# and, given labels `y`, land in their own component.
 
 # %% tags=["nbval-ignore-output"]
 show(GaussianDiffusion.p_sample)
@@ -615,7 +614,7 @@ plt.show()
 # ## 6. Experiment: a trained model against the exact one
 #
 # A network only approximates $\epsilon^\star$. gcg's residual MLP (preset `"toy"`: $T = 100$,
-# class-conditional), trained on 10,000 toy draws, against the exact model on the same chain:
+# class-conditional), trained on 10,000 toy draws, against the exact model on that chain:
 # held-out $L_\text{simple}$ (the exact model's is the floor), and the samples' true NLL,
 # precision and recall {cite:p}`kynkaanniemi2019pr` ($k = 3$).
 
@@ -669,7 +668,7 @@ print("the exact model is the floor of L_simple, and the trained model's samples
 # ## 7. Experiment: how many steps does the chain need?
 #
 # Why $T = 1000$? A Gaussian reverse step is accurate only for a small forward step; for large
-# steps the true $q(x_{t-1} \mid x_t)$ of mixture data is multimodal. The exact $\epsilon^\star$
+# steps the true $q(x_{t-1} \mid x_t)$ can be multimodal. The exact $\epsilon^\star$
 # isolates this from training error: for $T \in \{25, \dots, 1000\}$ (the linear schedule's ends
 # scaled by $1000/T$) we measure the bound $L$ and the samples' true NLL.
 
@@ -706,10 +705,10 @@ plt.show()
 
 # %% [markdown]
 # Even the perfect predictor pays for a short chain: the bound tightens at every $T$, yet at
-# $T = 1000$ it is still above the true NLL, as each step uses the fixed $\tilde\beta_t$, not the
-# true conditional's variance (chapter 02 learns it). Recall rises with $T$, while the
-# samples' NLL first drops *below* the data's (they crowd the component centres). Hence
-# $T = 1000$, and slow sampling: chapters 02 and 03 keep the quality with fewer steps.
+# $T = 1000$ still exceeds the true NLL, as each step uses the fixed $\tilde\beta_t$, not the true
+# conditional's variance (chapter 02 learns it). Recall rises with $T$, while the samples' NLL
+# first drops *below* the data's (they crowd the component centres). Hence $T = 1000$, and slow
+# sampling, which chapters 02 and 03 cut.
 #
 # ## 8. Real images: DDPM on the 8×8 digits
 #
@@ -743,8 +742,7 @@ history = digits_run.history
 print("loss every", digits_config.log_every, "steps:", [round(h["loss"], 3) for h in history])
 
 # %% [markdown]
-# A small classifier trained on the real digits (`gcg.features.train_feature_net`) scores the
-# samples: the Fréchet distance of its features to the test digits' ("FD (domain)", the FID recipe
+# A classifier trained on the real digits (`gcg.features.train_feature_net`) scores the samples: the Fréchet distance of its features to the test digits' ("FD (domain)", the FID recipe
 # {cite:p}`heusel2017fid`, **not** comparable to published FIDs) and its Inception-score analogue
 # (at most 10), against real digits and a Gaussian fitted to the pixels.
 
@@ -848,8 +846,8 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
 # ## Exercises
 #
 # 1. **Posterior variance.** Show from {eq}`ch01-posterior` that $\tilde\beta_1 = 0$ and
-#    $\tilde\beta_t < \beta_t$ for $t > 1$. Plot `diffusion.posterior_variance / diffusion.betas`:
-#    why does the ratio approach 1 for large $t$? (Instant.)
+#    $\tilde\beta_t < \beta_t$ for $t > 1$. Why does `diffusion.posterior_variance / diffusion.betas`
+#    approach 1 for large $t$? (Instant.)
 #
 #    ```{admonition} Hint
 #    :class: dropdown
@@ -861,8 +859,8 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
 #    $\tilde\beta_1 = \frac{1 - \bar\alpha_0}{1 - \bar\alpha_1}\beta_1 = 0$ since $\bar\alpha_0 = 1$: given
 #    $x_0$, nothing is left to sample. For $t > 1$, $\bar\alpha_t = \alpha_t \bar\alpha_{t-1} <
 #    \bar\alpha_{t-1}$, so $\tilde\beta_t / \beta_t = (1 - \bar\alpha_{t-1})/(1 - \bar\alpha_t) < 1$.
-#    For large $t$ both $\bar\alpha$'s are near 0 and the ratio tends to 1: once $x_0$ is
-#    forgotten, the posterior variance is the forward step's own.
+#    For large $t$ both $\bar\alpha$'s are near 0 and the ratio tends to 1: with $x_0$ forgotten,
+#    the posterior variance is the forward step's.
 #    ```
 #
 # 2. **The weight of $L_\text{simple}$.** Plot the weight of {eq}`ch01-weighted` against $t$ for

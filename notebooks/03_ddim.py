@@ -24,7 +24,7 @@
 # | $\eta = 0.5$ | 16.66 | 8.35 | 5.25 | 4.46 | 4.29 |
 # | $\eta = 1$ (DDPM-like) | 41.07 | 18.36 | 8.01 | 5.78 | 4.73 |
 #
-# We reproduce its shape on the exact toy model and on digits.
+# We reproduce its shape on the toy and on digits.
 
 # %%
 import inspect
@@ -91,8 +91,7 @@ gen = torch.Generator().manual_seed(1)
 # It is non-Markovian, which training never sees. Two members stand out:
 #
 # - $\sigma_t^2 = \tilde\beta_t = \frac{1 - \bar\alpha_{t-1}}{1 - \bar\alpha_t}\beta_t$:
-#   {eq}`ch03-q-sigma` **is** DDPM's posterior $q(x_{t-1} \mid x_t, x_0)$ (chapter 01), and the
-#   process is DDPM's Markov chain;
+#   {eq}`ch03-q-sigma` **is** DDPM's posterior (chapter 01), and the process DDPM's Markov chain;
 # - $\sigma_t = 0$: given $x_0$ and $x_T$, the path is deterministic.
 #
 # The paper interpolates with $\eta \ge 0$:
@@ -103,9 +102,8 @@ gen = torch.Generator().manual_seed(1)
 # $$ (ch03-sigma-eta)
 #
 # **Check.** (a) At $\eta = 1$, {eq}`ch03-q-sigma` has DDPM's posterior coefficients and variance.
-# (b) Simulated backwards for several $\eta$, $q_\sigma$ has the marginal's moments at every $t$
-# (gcg's DDIM step, section 2, with an oracle "model" that knows $x_0$ draws exactly from
-# {eq}`ch03-q-sigma`).
+# (b) Simulated backwards, $q_\sigma$ has the marginal's moments at every $t$ for several $\eta$
+# (an oracle "model" that knows $x_0$ makes gcg's DDIM step an exact draw from {eq}`ch03-q-sigma`).
 
 # %% tags=["nbval-ignore-output"]
 ab = diffusion.alphas_cumprod
@@ -162,7 +160,7 @@ for eta in [0.0, 0.5, 1.0]:
 # $$ (ch03-ddim-step)
 #
 # (Eq. (12) of the paper): DDPM's ancestral step at $\eta = 1$ (chapter 01), deterministic at
-# $\eta = 0$. In gcg: `ddim_sample` (one step) and `ddim_sample_loop` (the chain).
+# $\eta = 0$. In gcg: `ddim_sample`, `ddim_sample_loop`.
 
 # %% [markdown]
 # ### Write it yourself: the DDIM update
@@ -283,8 +281,8 @@ assert torch.allclose(chain.alphas_cumprod, diffusion.alphas_cumprod[chain.times
 # up to discretisation error; the paper interpolates latents spherically ($x_T$ lies near the
 # sphere of radius $\sqrt D$).
 #
-# **Check.** Toy data encoded and decoded by the exact model: the error falls with the steps, and
-# the latents approach $\mathcal N(0, I)$.
+# **Check.** Toy data encoded and decoded: the error falls with the steps, and the latents
+# approach $\mathcal N(0, I)$.
 
 # %% tags=["nbval-ignore-output"]
 show(GaussianDiffusion.ddim_reverse_sample)
@@ -337,7 +335,7 @@ plt.show()
 # dx = \big[-\tfrac12 \beta(t)\, x - \beta(t)\, \nabla_x \log q_t(x)\big]\, dt + \sqrt{\beta(t)}\, d\bar w .
 # $$ (ch03-reverse-sde)
 #
-# Put the score $s_\theta = -\epsilon_\theta / \sqrt{1 - \bar\alpha_t}$ (chapter 01) into DDPM's mean
+# Put the score $s_\theta = -\epsilon_\theta / \sqrt{1 - \bar\alpha_t}$ into DDPM's mean
 # $\mu_\theta = (x_t - \beta_t \epsilon_\theta / \sqrt{1 - \bar\alpha_t}) / \sqrt{\alpha_t}$ with
 # $\sigma_t^2 = \beta_t$:
 #
@@ -346,9 +344,9 @@ plt.show()
 # = x_t + \beta_t \big(\tfrac12 x_t + s_\theta(x_t, t)\big) + \sqrt{\beta_t}\, z + O(\beta_t^2),
 # $$ (ch03-sde-ancestral)
 #
-# the score-SDE paper's ancestral sampler. Since $1/\sqrt{1 - \beta_t} = 1 + \beta_t / 2 +
-# O(\beta_t^2)$, the second form is an Euler–Maruyama step of {eq}`ch03-reverse-sde`: DDPM's
-# sampler discretises a reverse **SDE** as DDIM at $\eta = 0$ discretises an **ODE**.
+# the score-SDE paper's ancestral sampler. As $1/\sqrt{1 - \beta_t} = 1 + \beta_t / 2 +
+# O(\beta_t^2)$, the second form is an Euler–Maruyama step of {eq}`ch03-reverse-sde`: DDPM
+# discretises a reverse **SDE** as DDIM ($\eta = 0$) an **ODE**.
 #
 # **Check.** (a) `p_sample` with `model_var_type="fixed_large"` equals the first form with the
 # exact score `toy.score`. (b) Euler–Maruyama over 1,000 steps samples the toy.
@@ -417,8 +415,9 @@ print("ADM's rule on the exact toy, FD of DDIM vs DDPM: "
 # This draw follows ADM's rule (DDIM wins at 10 and 20 steps, DDPM at 50 and 100), but the second
 # half is sampling noise: from 50 steps, 3,000-point FDs vary as much between seeds as between
 # samplers (the assert holds for this seed), and with 20,000 samples the order is
-# $\eta = 0 < 0.5 < 1$ at every $S$, as in Table 1. The stochastic sampler shrinks narrow
-# components more (exercise 3); where $\eta = 1$ wins, it corrects a network's errors (section 8).
+# $\eta = 0 < 0.5 < 1$ at every $S$, as in Table 1: with the exact $\epsilon^\star$, fresh noise
+# only adds error (exercise 3). Where $\eta = 1$ wins, it likely corrects a network's errors
+# (section 8).
 
 # %% [markdown]
 # ## 8. Experiment: quality against steps, a trained digit model
@@ -500,9 +499,9 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# With few steps $\eta = 1$ is the worst: each large step injects noise (variance $\tilde\beta$)
-# that the remaining steps cannot remove, while $\eta = 0$ errs only along a smooth path. That is
-# Table 1's *direction*, and it held for three training seeds (FD at $S = 10$, $\eta = 0$ vs 1:
+# With few steps $\eta = 1$ is the worst: each large step injects noise that the remaining steps
+# cannot remove, while $\eta = 0$ errs only along a smooth path. That is Table 1's *direction*,
+# and it held for three training seeds (FD at $S = 10$, $\eta = 0$ vs 1:
 # 5.24 vs 5.44, 5.29 vs 6.91, 5.63 vs 6.94).
 #
 # From 50 steps the order flips, as ADM's rule says, against Table 1 (asserted for this seed only).
