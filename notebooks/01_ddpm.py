@@ -3,29 +3,28 @@
 #
 # ```{admonition} Learning goals
 # After this chapter you can
-# - derive the closed-form forward marginal $q(x_t \mid x_0)$ and the forward posterior
-#   $q(x_{t-1} \mid x_t, x_0)$, and implement the forward sample yourself;
-# - derive the variational bound, its KL decomposition and $L_\text{simple}$ from the
+# - derive the forward marginal $q(x_t \mid x_0)$ and posterior $q(x_{t-1} \mid x_t, x_0)$, and
+#   implement the forward sample;
+# - derive the variational bound, its KL terms and $L_\text{simple}$ from the
 #   $\epsilon$-parameterisation;
 # - convert between the $x_0$, $\epsilon$, score and $v$ predictions of a network;
-# - predict what ancestral sampling does with the exact model and measure what a short chain costs.
+# - predict what ancestral sampling does with the exact model, and measure what a short chain costs.
 #
-# **Prerequisites:** Gaussians (sums of independent ones, completing the square), Bayes' rule,
-# the KL divergence, and PyTorch tensors.
+# **Prerequisites:** Gaussians (sums, completing the square), Bayes' rule, the KL divergence,
+# PyTorch tensors.
 # ```
 #
-# **The question.** Can a fixed chain that slowly drowns data in Gaussian noise be run
-# backwards by a neural network, step by step, to turn pure noise into data?
+# **The question.** Can a network learn to reverse a chain that slowly drowns data in Gaussian
+# noise, turning noise into data?
 #
-# **The paper's claim.** Ho, Jain and Abbeel {cite:p}`ho2020ddpm` answer yes: with $T = 1000$
-# steps, a linear noise schedule $\beta_t$ from $10^{-4}$ to $0.02$, and a network trained with
-# a plain mean-squared error on the noise (their $L_\text{simple}$), ancestral sampling reaches
-# FID 3.17 and Inception score 9.46 on CIFAR-10, with a test log-likelihood bound of at most
-# 3.75 bits/dim (Table 1 of the paper).
+# **The paper's claim.** {cite:t}`ho2020ddpm` answer yes: with $T = 1000$
+# steps, a linear schedule $\beta_t$ from $10^{-4}$ to $0.02$ and a network trained by a plain
+# mean-squared error on the noise ($L_\text{simple}$), ancestral sampling reaches FID 3.17 and
+# Inception score 9.46 on CIFAR-10, with a likelihood bound of 3.75 bits/dim (Table 1).
 #
-# Every identity is checked against `gcg.diffusion`, on two data sets: a **labelled 2-D
-# Gaussian mixture** (`gcg.toy`), whose exact noise predictor is known in closed form, and the
-# **8×8 handwritten digits** shipped with scikit-learn, on which a small UNet is trained.
+# Every identity is checked against `gcg.diffusion` on a **labelled 2-D Gaussian mixture**
+# (`gcg.toy`) with a closed-form exact noise predictor, and on scikit-learn's **8×8 digits** with
+# a small trained UNet.
 
 # %%
 import inspect
@@ -71,20 +70,19 @@ print(f"toy: {toy.num_classes} components in D = {toy.dim}")
 # %% [markdown]
 # ## 1. The forward process
 #
-# Fix a variance schedule $\beta_1, \dots, \beta_T \in (0, 1)$. The forward (noising) process
-# is the Markov chain
+# For a variance schedule $\beta_1, \dots, \beta_T \in (0, 1)$, the forward (noising) process is
+# the Markov chain
 #
 # $$
 # q(x_t \mid x_{t-1}) = \mathcal N\!\left(x_t;\ \sqrt{1 - \beta_t}\, x_{t-1},\ \beta_t I\right),
 # \qquad q(x_{1:T} \mid x_0) = \prod_{t=1}^T q(x_t \mid x_{t-1}).
 # $$ (ch01-forward-step)
 #
-# Write $\alpha_t = 1 - \beta_t$ and $\bar\alpha_t = \prod_{s=1}^t \alpha_s$. The
-# reparameterisation of one step is $x_t = \sqrt{\alpha_t}\, x_{t-1} + \sqrt{1 - \alpha_t}\,
-# \epsilon_t$ with $\epsilon_t \sim \mathcal N(0, I)$ independent of everything before. Suppose,
-# as an induction hypothesis, $x_{t-1} = \sqrt{\bar\alpha_{t-1}}\, x_0 + \sqrt{1 -
-# \bar\alpha_{t-1}}\, \bar\epsilon$ with $\bar\epsilon \sim \mathcal N(0, I)$ independent of
-# $\epsilon_t$. Then
+# Write $\alpha_t = 1 - \beta_t$, $\bar\alpha_t = \prod_{s=1}^t \alpha_s$. One step is
+# $x_t = \sqrt{\alpha_t}\, x_{t-1} + \sqrt{1 - \alpha_t}\, \epsilon_t$ with fresh
+# $\epsilon_t \sim \mathcal N(0, I)$. If (induction) $x_{t-1} = \sqrt{\bar\alpha_{t-1}}\, x_0 +
+# \sqrt{1 - \bar\alpha_{t-1}}\, \bar\epsilon$ with $\bar\epsilon \sim \mathcal N(0, I)$
+# independent of $\epsilon_t$, then
 #
 # $$
 # x_t = \sqrt{\alpha_t \bar\alpha_{t-1}}\, x_0
@@ -92,31 +90,28 @@ print(f"toy: {toy.num_classes} components in D = {toy.dim}")
 #       + \sqrt{1 - \alpha_t}\, \epsilon_t}_{\text{sum of independent Gaussians}},
 # $$
 #
-# and the noise term is Gaussian with variance $\alpha_t (1 - \bar\alpha_{t-1}) + 1 - \alpha_t =
-# 1 - \bar\alpha_t$. So every marginal of the chain is available in **closed form**:
+# a Gaussian noise term of variance $\alpha_t (1 - \bar\alpha_{t-1}) + 1 - \alpha_t =
+# 1 - \bar\alpha_t$. So every marginal is in **closed form**:
 #
 # $$
 # q(x_t \mid x_0) = \mathcal N\!\left(x_t;\ \sqrt{\bar\alpha_t}\, x_0,\ (1 - \bar\alpha_t) I\right),
 # \qquad x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon .
 # $$ (ch01-marginal)
 #
-# This is Eq. (4) of {cite:t}`ho2020ddpm`: training never has to simulate the chain. In gcg it
-# is `GaussianDiffusion.q_sample` (and `q_mean_variance` for the mean and variance).
+# This is Eq. (4) of {cite:t}`ho2020ddpm`: training never simulates the chain. In gcg: `q_sample`
+# (and `q_mean_variance`).
 #
 # ```{note}
-# **Indexing.** The paper counts steps $t = 1, \dots, T$; code counts chain indices
-# $i = 0, \dots, T-1$. Index $i$ is the paper's step $t = i + 1$, so
-# `diffusion.alphas_cumprod[i]` is $\bar\alpha_{i+1}$ and the last index $T - 1$ holds
-# $\bar\alpha_T$.
+# **Indexing.** The paper counts steps $t = 1, \dots, T$, code chain indices $i = 0, \dots, T-1$,
+# with $t = i + 1$: `diffusion.alphas_cumprod[i]` is $\bar\alpha_{i+1}$.
 # ```
 
 # %% [markdown]
 # ### Write it yourself: the forward sample
 #
-# Implement `my_q_sample(x_start, t, noise, alphas_cumprod)`: `x_start` and `noise` are
-# `[N, ...]`, `t` is `[N]` (int64 chain indices, see the note), `alphas_cumprod` is `[T]`; return
-# $x_t$ of {eq}`ch01-marginal`, shaped like `x_start`. The next cell compares it with
-# `diffusion.q_sample` on random inputs.
+# Implement `my_q_sample(x_start, t, noise, alphas_cumprod)`: `x_start`, `noise` `[N, ...]`, `t`
+# `[N]` (int64 chain indices), `alphas_cumprod` `[T]`; return $x_t$ of {eq}`ch01-marginal`, shaped
+# like `x_start`. The next cell compares it with `diffusion.q_sample`.
 
 # %% tags=["write-it-yourself", "hide-input"]
 def my_q_sample(x_start, t, noise, alphas_cumprod):
@@ -144,11 +139,10 @@ print("my_q_sample agrees with GaussianDiffusion.q_sample")
 show(GaussianDiffusion.q_sample)
 
 # %% [markdown]
-# **Check.** Run the chain {eq}`ch01-forward-step` step by step from toy data and compare the
-# moments of $x_t$ with the closed form {eq}`ch01-marginal`. For mixture data with mean $m$ and
-# covariance $S$, the closed form gives $\mathbb E[x_t] = \sqrt{\bar\alpha_t}\, m$ and
-# $\operatorname{Cov}[x_t] = \bar\alpha_t S + (1 - \bar\alpha_t) I$; we also compare with a direct
-# `q_sample` draw.
+# **Check.** Run the chain {eq}`ch01-forward-step` step by step from toy data and compare $x_t$
+# with the closed form {eq}`ch01-marginal`, which for data of mean $m$ and covariance $S$ gives
+# $\mathbb E[x_t] = \sqrt{\bar\alpha_t}\, m$ and $\operatorname{Cov}[x_t] = \bar\alpha_t S +
+# (1 - \bar\alpha_t) I$, and with a direct `q_sample` draw.
 
 # %% tags=["nbval-ignore-output"]
 n = 40_000
@@ -174,13 +168,13 @@ worst = max(max(r[2:]) for r in rows)
 assert worst < 0.03, f"closed form q(x_t | x_0) disagrees with the simulated chain: {worst:.4f}"
 
 # %% [markdown]
-# The errors are at the Monte Carlo level (standard errors 0.005 for a mean and 0.007 for a
-# variance at this $n$).
+# The errors are at the Monte Carlo level (standard errors 0.005 for a mean, 0.007 for a
+# variance).
 #
-# **Picture.** In one dimension the whole marginal $q(x_t)$ can be drawn. For a mixture it is
-# again a mixture, with components $\mathcal N(\sqrt{\bar\alpha_t}\,\mu_k, \bar\alpha_t s_k^2 + 1 -
-# \bar\alpha_t)$, evaluated exactly by `GaussianMixture.log_prob(x, alpha_bar)`: the modes shrink
-# towards 0 and blur into one Gaussian, while single paths of the chain wander through them.
+# **Picture.** In 1-D the whole marginal $q(x_t)$ can be drawn: for a mixture, a mixture of
+# $\mathcal N(\sqrt{\bar\alpha_t}\,\mu_k, \bar\alpha_t s_k^2 + 1 - \bar\alpha_t)$
+# (`GaussianMixture.log_prob(x, alpha_bar)`). The modes shrink towards 0 and blur into one
+# Gaussian; single paths wander through them.
 
 # %%
 toy_1d = GaussianMixture([[-1.2], [0.3], [1.4]], std=[0.15, 0.25, 0.1], weights=[0.3, 0.5, 0.2])
@@ -219,9 +213,8 @@ plt.show()
 #
 # The linear schedule makes $\bar\alpha_T \approx 4 \times 10^{-5}$: $x_T$ keeps
 # $\sqrt{\bar\alpha_T} \approx 0.006$ of the signal, so $q(x_T \mid x_0)$ is almost exactly the
-# prior $p(x_T) = \mathcal N(0, I)$ from which sampling will start. The mismatch,
-# $L_T = D_\text{KL}(q(x_T \mid x_0) \,\|\, \mathcal N(0, I))$, has no parameters; we compute it
-# with `normal_kl` on the output of `q_mean_variance`.
+# prior $p(x_T) = \mathcal N(0, I)$ where sampling starts. The mismatch
+# $L_T = D_\text{KL}(q(x_T \mid x_0) \,\|\, \mathcal N(0, I))$ has no parameters (`normal_kl`).
 
 # %%
 t_last = torch.full((n,), T - 1, dtype=torch.long)
@@ -230,11 +223,9 @@ L_T_nats = normal_kl(mean_T, logvar_T, torch.zeros(()), torch.zeros(())).sum(1).
 print(f"alpha_bar_T = {float(diffusion.alphas_cumprod[-1]):.2e}; L_T = {float(L_T_nats):.2e} nats per example")
 
 # %% [markdown]
-# **Picture.** The schedule on images: a photo (scikit-learn's sample image, 64×64) and a digit,
-# noised with one noise draw at several $t$, above $\bar\alpha_t$ and the signal-to-noise ratio
-# $\mathrm{SNR}_t = \bar\alpha_t / (1 - \bar\alpha_t)$ (dots: the $t$ of the strip). The SNR falls
-# below 1 at $t = 260$, and by $t = 350$ neither image is recognisable: most of the chain is
-# spent at low SNR.
+# **Picture.** A photo (64×64) and a digit noised with one draw at several $t$, above
+# $\bar\alpha_t$ and $\mathrm{SNR}_t = \bar\alpha_t / (1 - \bar\alpha_t)$ (dots: the strip's $t$). The SNR falls below 1 at $t = 260$, and by $t = 350$ neither image is
+# recognisable: most of the chain is spent at low SNR.
 
 # %%
 from sklearn.datasets import load_sample_image
@@ -283,8 +274,7 @@ plt.show()
 # ## 2. The forward posterior $q(x_{t-1} \mid x_t, x_0)$
 #
 # Running the chain backwards needs $q(x_{t-1} \mid x_t)$, which depends on the whole data
-# distribution. Conditioned on $x_0$, though, it is Gaussian. By Bayes' rule and the Markov
-# property,
+# distribution; given $x_0$, though, it is Gaussian. By Bayes' rule and the Markov property,
 #
 # $$
 # q(x_{t-1} \mid x_t, x_0) = \frac{q(x_t \mid x_{t-1})\, q(x_{t-1} \mid x_0)}{q(x_t \mid x_0)}
@@ -292,7 +282,7 @@ plt.show()
 #   - \frac{\lVert x_{t-1} - \sqrt{\bar\alpha_{t-1}}\, x_0\rVert^2}{2(1 - \bar\alpha_{t-1})}\right).
 # $$
 #
-# The exponent is quadratic in $x_{t-1}$. Its quadratic coefficient (the precision) is
+# The exponent is quadratic in $x_{t-1}$, with precision
 #
 # $$
 # \frac{\alpha_t}{\beta_t} + \frac{1}{1 - \bar\alpha_{t-1}}
@@ -301,8 +291,8 @@ plt.show()
 # $$
 #
 # using $\alpha_t (1 - \bar\alpha_{t-1}) + \beta_t = \alpha_t - \bar\alpha_t + 1 - \alpha_t$.
-# The linear coefficient is $\sqrt{\alpha_t}\, x_t / \beta_t + \sqrt{\bar\alpha_{t-1}}\, x_0 / (1 - \bar\alpha_{t-1})$; the mean is the linear coefficient divided by the precision. Completing
-# the square:
+# The mean is the linear coefficient $\sqrt{\alpha_t}\, x_t / \beta_t + \sqrt{\bar\alpha_{t-1}}\,
+# x_0 / (1 - \bar\alpha_{t-1})$ divided by the precision. Completing the square:
 #
 # $$
 # q(x_{t-1} \mid x_t, x_0) = \mathcal N\!\left(x_{t-1};\ \tilde\mu_t(x_t, x_0),\ \tilde\beta_t I\right),
@@ -313,15 +303,15 @@ plt.show()
 # \tilde\beta_t = \frac{1 - \bar\alpha_{t-1}}{1 - \bar\alpha_t}\, \beta_t .
 # $$ (ch01-posterior)
 #
-# These are Eqs. (6)–(7) of the paper, and `GaussianDiffusion.q_posterior_mean_variance`; the two
-# coefficients are precomputed as `posterior_mean_coef1` and `posterior_mean_coef2`.
+# These are Eqs. (6)–(7) of the paper: `q_posterior_mean_variance`, with the coefficients
+# precomputed as `posterior_mean_coef1` and `posterior_mean_coef2`.
 
 # %% tags=["nbval-ignore-output"]
 show(GaussianDiffusion.q_posterior_mean_variance)
 
 # %% [markdown]
-# **Check.** Fix a scalar $x_0$ and draw $x_{t-1}$, then $x_t$. They are jointly Gaussian, so the
-# regression of $x_{t-1}$ on $x_t$ is the conditional mean: slope = the $x_t$ coefficient of
+# **Check.** For a fixed scalar $x_0$, draw $x_{t-1}$, then $x_t$. They are jointly Gaussian, so
+# the regression of $x_{t-1}$ on $x_t$ is the conditional mean: slope = the $x_t$ coefficient of
 # $\tilde\mu_t$, intercept = its $x_0$ term, residual variance = $\tilde\beta_t$.
 
 # %% tags=["nbval-ignore-output"]
@@ -355,9 +345,9 @@ for i in [1, 50, 500, 999]:  # chain index i = paper step t = i + 1
 # p_\theta(x_{t-1} \mid x_t) = \mathcal N\!\left(\mu_\theta(x_t, t),\ \sigma_t^2 I\right),
 # $$ (ch01-reverse)
 #
-# with $\sigma_t^2$ fixed to $\tilde\beta_t$ ("fixed small", `model_var_type="fixed_small"`) or
-# $\beta_t$ ("fixed large"). Its likelihood $p_\theta(x_0) = \int p_\theta(x_{0:T})\, dx_{1:T}$
-# is intractable, but Jensen's inequality with $q(x_{1:T} \mid x_0)$ as the proposal bounds it:
+# with $\sigma_t^2$ fixed to $\tilde\beta_t$ (`model_var_type="fixed_small"`) or $\beta_t$
+# (`"fixed_large"`). Its likelihood $p_\theta(x_0) = \int p_\theta(x_{0:T})\, dx_{1:T}$ is
+# intractable; Jensen's inequality with proposal $q(x_{1:T} \mid x_0)$ bounds it:
 #
 # $$
 # -\log p_\theta(x_0)
@@ -366,17 +356,16 @@ for i in [1, 50, 500, 999]:  # chain index i = paper step t = i + 1
 # =: L .
 # $$
 #
-# To turn $L$ into a sum of KL divergences between Gaussians, rewrite each forward step for
-# $t \ge 2$ with Bayes' rule **conditioned on $x_0$** (the Markov property makes
-# $q(x_t \mid x_{t-1}) = q(x_t \mid x_{t-1}, x_0)$):
+# To turn $L$ into KL divergences between Gaussians, rewrite each forward step for $t \ge 2$
+# by Bayes' rule **given $x_0$** (by the Markov property $q(x_t \mid x_{t-1}) = q(x_t \mid x_{t-1}, x_0)$):
 #
 # $$
 # q(x_t \mid x_{t-1}) = \frac{q(x_{t-1} \mid x_t, x_0)\, q(x_t \mid x_0)}{q(x_{t-1} \mid x_0)} .
 # $$
 #
 # In $\sum_{t \ge 2} \log q(x_t \mid x_{t-1})$ the ratios $q(x_t \mid x_0) / q(x_{t-1} \mid x_0)$
-# telescope to $q(x_T \mid x_0) / q(x_1 \mid x_0)$, and the $q(x_1 \mid x_0)$ cancels the
-# $t = 1$ term. Collecting what is left:
+# telescope to $q(x_T \mid x_0) / q(x_1 \mid x_0)$, and $q(x_1 \mid x_0)$ cancels the $t = 1$
+# term. Collecting:
 #
 # $$
 # L = \mathbb E_q\Big[
@@ -385,16 +374,16 @@ for i in [1, 50, 500, 999]:  # chain index i = paper step t = i + 1
 #   \underbrace{- \log p_\theta(x_0 \mid x_1)}_{L_0} \Big] .
 # $$ (ch01-elbo)
 #
-# This is Eq. (5) of the paper. Every $L_{t-1}$ compares two Gaussians, so it has the closed form
+# This is Eq. (5) of the paper. Each $L_{t-1}$ compares two Gaussians, in closed form
 #
 # $$
 # D_\text{KL}\big(\mathcal N(\mu_1, s_1^2) \,\|\, \mathcal N(\mu_2, s_2^2)\big)
 # = \tfrac12\left(-1 + \log\frac{s_2^2}{s_1^2} + \frac{s_1^2}{s_2^2} + \frac{(\mu_1 - \mu_2)^2}{s_2^2}\right)
 # $$ (ch01-kl)
 #
-# per dimension: `gcg.losses.normal_kl`. `calc_bpd_loop` evaluates every term of
-# {eq}`ch01-elbo` with one $x_t$ draw each, in bits per dimension (nats over $D \ln 2$); the toy
-# uses `decoder="gaussian"`, a plain density (image decoders: chapter 02).
+# per dimension (`gcg.losses.normal_kl`). `calc_bpd_loop` evaluates each term of {eq}`ch01-elbo`
+# with one $x_t$ draw, in bits per dimension (nats over $D \ln 2$); the toy uses
+# `decoder="gaussian"` (image decoders: chapter 02).
 
 # %% [markdown]
 # **Check 1: the KL closed form.** A Monte Carlo estimate of $\mathbb E_{q}[\log q - \log p]$
@@ -412,8 +401,8 @@ assert abs(kl_cf - kl_mc) < 5e-3
 
 # %% [markdown]
 # **Check 2: it is a bound.** With the exact noise predictor of section 4, $L$ must lie above the
-# data's true NLL (`toy.nll_bits_per_dim`) on average: $L$ bounds the model's cross-entropy,
-# which is at least the data entropy.
+# data's true NLL on average: it bounds the model's cross-entropy, which is at least the data
+# entropy.
 
 # %% tags=["nbval-ignore-output"]
 nll_data, nll_y = toy.sample(2000, generator=gen, dtype=torch.float64)
@@ -430,15 +419,14 @@ assert float((bpd["total_bpd"] - true_bpd).mean()) > -3 * se
 # %% [markdown]
 # ## 4. The $\epsilon$-parameterisation and $L_\text{simple}$
 #
-# With $\sigma_t^2$ fixed, the KL {eq}`ch01-kl` between $q(x_{t-1} \mid x_t, x_0)$ and
-# $p_\theta(x_{t-1} \mid x_t)$ is, up to a constant,
+# With $\sigma_t^2$ fixed, the KL {eq}`ch01-kl` of each step is
 # $L_{t-1} = \mathbb E_q\big[\lVert \tilde\mu_t(x_t, x_0) - \mu_\theta(x_t, t)\rVert^2 / (2\sigma_t^2)\big] + C$.
-# Ho et al. substitute $x_0 = (x_t - \sqrt{1 - \bar\alpha_t}\,\epsilon)/\sqrt{\bar\alpha_t}$ from
-# {eq}`ch01-marginal` into {eq}`ch01-posterior`. The coefficient of $x_t$ becomes
+# Substitute $x_0 = (x_t - \sqrt{1 - \bar\alpha_t}\,\epsilon)/\sqrt{\bar\alpha_t}$ from
+# {eq}`ch01-marginal` into {eq}`ch01-posterior`: the coefficient of $x_t$ becomes
 # $\frac{\beta_t}{\sqrt{\alpha_t}(1 - \bar\alpha_t)} + \frac{\sqrt{\alpha_t}(1 - \bar\alpha_{t-1})}{1 - \bar\alpha_t}
 # = \frac{\beta_t + \alpha_t - \bar\alpha_t}{\sqrt{\alpha_t}(1 - \bar\alpha_t)} = \frac{1}{\sqrt{\alpha_t}}$
-# (using $\sqrt{\bar\alpha_{t-1}} / \sqrt{\bar\alpha_t} = 1/\sqrt{\alpha_t}$), and the coefficient
-# of $\epsilon$ is $-\frac{\beta_t}{\sqrt{\alpha_t}\sqrt{1 - \bar\alpha_t}}$:
+# (as $\sqrt{\bar\alpha_{t-1} / \bar\alpha_t} = 1/\sqrt{\alpha_t}$), and that of $\epsilon$
+# is $-\frac{\beta_t}{\sqrt{\alpha_t}\sqrt{1 - \bar\alpha_t}}$:
 #
 # $$
 # \tilde\mu_t = \frac{1}{\sqrt{\alpha_t}}\left(x_t - \frac{\beta_t}{\sqrt{1 - \bar\alpha_t}}\, \epsilon\right)
@@ -446,17 +434,17 @@ assert float((bpd["total_bpd"] - true_bpd).mean()) > -3 * se
 # \mu_\theta(x_t, t) = \frac{1}{\sqrt{\alpha_t}}\left(x_t - \frac{\beta_t}{\sqrt{1 - \bar\alpha_t}}\, \epsilon_\theta(x_t, t)\right).
 # $$ (ch01-eps-mean)
 #
-# The network predicts the noise (Eq. (11) of the paper); `p_mean_variance` computes the same
-# mean as $\tilde\mu_t(x_t, \hat x_0)$ with $\hat x_0$ from $\epsilon_\theta$ (box below), which
-# allows clipping $\hat x_0$ to the data range. Substituting {eq}`ch01-eps-mean`:
+# The network predicts the noise (Eq. (11) of the paper); `p_mean_variance` computes this mean as
+# $\tilde\mu_t(x_t, \hat x_0)$ with $\hat x_0$ from $\epsilon_\theta$ (box below), so that
+# $\hat x_0$ can be clipped. Substituting {eq}`ch01-eps-mean`:
 #
 # $$
 # L_{t-1} - C = \mathbb E_{x_0, \epsilon}\left[\frac{\beta_t^2}{2\sigma_t^2\, \alpha_t (1 - \bar\alpha_t)}
 #   \left\lVert \epsilon - \epsilon_\theta\big(\sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon,\ t\big)\right\rVert^2\right]
 # $$ (ch01-weighted)
 #
-# (Eq. (12)). Dropping the weight gives the objective DDPM actually trains with, a denoising
-# score-matching loss with $t$ uniform:
+# (Eq. (12)). Dropping the weight gives DDPM's actual objective, denoising score matching with
+# $t$ uniform:
 #
 # $$
 # L_\text{simple}(\theta) = \mathbb E_{t \sim \mathcal U\{1..T\},\ x_0,\ \epsilon}
@@ -465,9 +453,9 @@ assert float((bpd["total_bpd"] - true_bpd).mean()) > -3 * se
 #
 # In gcg: `training_losses` with `loss_type="mse"`.
 #
-# **Check.** For a deliberately imperfect model $\epsilon_\theta$, (a) `p_mean_variance`
-# returns {eq}`ch01-eps-mean` (with clipping off), and (b) the KL term `normal_kl` between the
-# posterior and $p_\theta$ equals the weighted error {eq}`ch01-weighted` exactly, per example.
+# **Check.** For a deliberately imperfect $\epsilon_\theta$, (a) `p_mean_variance` returns
+# {eq}`ch01-eps-mean` (clipping off), and (b) `normal_kl` between the posterior and $p_\theta$
+# equals the weighted error {eq}`ch01-weighted` per example.
 
 # %% tags=["nbval-ignore-output"]
 xs, _ = toy.sample(512, generator=gen, dtype=torch.float64)
@@ -501,11 +489,10 @@ assert torch.allclose(losses["loss"], ((noise - eps_hat) ** 2).mean(1))
 # %% [markdown]
 # ### The optimal noise predictor
 #
-# $L_\text{simple}$ is a regression of $\epsilon$ on $x_t$, so at each $t$ its minimiser is the
-# conditional mean $\epsilon^\star(x_t, t) = \mathbb E[\epsilon \mid x_t]$. It is a multiple of the
-# score of the noisy marginal (Tweedie's formula). Differentiate $q(x_t) = \int q(x_t \mid x_0)\,
-# q(x_0)\, dx_0$ under the integral and divide by $q(x_t)$; Bayes' rule turns the weight into
-# the posterior:
+# $L_\text{simple}$ regresses $\epsilon$ on $x_t$, so at each $t$ its minimiser is the conditional
+# mean $\epsilon^\star(x_t, t) = \mathbb E[\epsilon \mid x_t]$, a multiple of the noisy marginal's
+# score (Tweedie's formula). Differentiate $q(x_t) = \int q(x_t \mid x_0)\, q(x_0)\, dx_0$ under
+# the integral and divide by $q(x_t)$; by Bayes' rule the weight is the posterior:
 #
 # $$
 # \nabla_{x_t} \log q(x_t) = \int \nabla_{x_t} \log q(x_t \mid x_0)\,
@@ -521,9 +508,8 @@ assert torch.allclose(losses["loss"], ((noise - eps_hat) ** 2).mean(1))
 # \epsilon^\star(x_t, t) = -\sqrt{1 - \bar\alpha_t}\ \nabla_{x_t} \log q_t(x_t).
 # $$ (ch01-optimal-eps)
 #
-# For a Gaussian mixture $q_t$ is again a Gaussian mixture, so `toy.eps_model` returns
-# $\epsilon^\star$ in closed form: the *exact* model. **Check:** every perturbation of it has a
-# higher $L_\text{simple}$.
+# For a Gaussian mixture $q_t$ is again one, so `toy.eps_model` returns $\epsilon^\star$ in closed
+# form: the *exact* model. **Check:** each perturbation of it has a higher $L_\text{simple}$.
 
 # %% tags=["nbval-ignore-output"]
 big, _ = toy.sample(50_000, generator=gen, dtype=torch.float64)
@@ -541,13 +527,13 @@ for name, perturbed in [("0.95 * eps*", lambda x, t: 0.95 * exact_eps(x, t)),
 
 # %% [markdown]
 # ```{admonition} One prediction, four parameterisations
-# Given $x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon$, any one of these
-# determines the other three; a gcg network outputs $\epsilon$, $x_0$ or $v$ (`model_mean_type`):
+# Given $x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon$, each determines the
+# others; a gcg network outputs $\epsilon$, $x_0$ or $v$ (`model_mean_type`):
 # - **noise** $\hat\epsilon$ (DDPM, `"epsilon"`);
 # - **data** $\hat x_0 = (x_t - \sqrt{1 - \bar\alpha_t}\, \hat\epsilon) / \sqrt{\bar\alpha_t}$
 #   (`"start_x"`; `_predict_xstart_from_eps`, inverse `_predict_eps_from_xstart`);
 # - **score** $\hat s = -\hat\epsilon / \sqrt{1 - \bar\alpha_t}$ {eq}`ch01-optimal-eps`
-#   (`GaussianMixture.score`, `eps_model`; guidance in chapter 04 adds to it);
+#   (`GaussianMixture.score`, `eps_model`);
 # - **velocity** $\hat v = \sqrt{\bar\alpha_t}\, \hat\epsilon - \sqrt{1 - \bar\alpha_t}\, \hat x_0$,
 #   so $\hat x_0 = \sqrt{\bar\alpha_t}\, x_t - \sqrt{1 - \bar\alpha_t}\, \hat v$ {cite:p}`salimans2022progressive`
 #   (`"v"`; `get_v`, `_predict_v_from_eps`, `_predict_xstart_from_v`).
@@ -575,8 +561,8 @@ print("x0, eps, score and v predictions convert into one another exactly (random
 # x_{t-1} = \mu_\theta(x_t, t) + \sigma_t z, \qquad z \sim \mathcal N(0, I) \text{ for } t > 1,\ z = 0 \text{ for } t = 1 .
 # $$ (ch01-ancestral)
 #
-# In gcg: `p_sample` and `p_sample_loop`. With the exact model the samples should be draws from
-# the toy mixture; given labels `y`, each should land in its own component.
+# In gcg: `p_sample`, `p_sample_loop`. With the exact model, samples should follow the mixture
+# and, given labels `y`, land in their own component.
 
 # %% tags=["nbval-ignore-output"]
 show(GaussianDiffusion.p_sample)
@@ -627,10 +613,10 @@ plt.show()
 # %% [markdown]
 # ## 6. Experiment: a trained model against the exact one
 #
-# A network only approximates $\epsilon^\star$. We train gcg's residual MLP (preset `"toy"`:
-# $T = 100$, class-conditional) on 10,000 toy draws and compare it with the exact model on the
-# same chain: held-out $L_\text{simple}$ (the exact model's is the floor) and its samples' mean
-# true NLL, precision and recall {cite:p}`kynkaanniemi2019pr` ($k = 3$, `precision_recall`).
+# A network only approximates $\epsilon^\star$. gcg's residual MLP (preset `"toy"`: $T = 100$,
+# class-conditional), trained on 10,000 toy draws, against the exact model on that chain:
+# held-out $L_\text{simple}$ (the exact model's is the floor), and the samples' true NLL,
+# precision and recall {cite:p}`kynkaanniemi2019pr` ($k = 3$).
 
 # %%
 import dataclasses
@@ -676,17 +662,15 @@ assert results["exact eps*"]["precision"] > 0.9 and results["exact eps*"]["recal
 print("the exact model is the floor of L_simple, and the trained model's samples cover the data")
 
 # %% [markdown]
-# The trained network's loss is close to the exact floor and its samples cover the data nearly
-# as well; what remains is approximation error in $\epsilon_\theta$ (both use the preset's
-# $T = 100$ chain).
+# The trained network's loss is near the exact floor and its samples cover the data as well; what
+# remains is approximation error.
 #
 # ## 7. Experiment: how many steps does the chain need?
 #
-# Why $T = 1000$? A Gaussian reverse step is accurate only when the forward step is small; for
-# large steps the true $q(x_{t-1} \mid x_t)$ of mixture data is multimodal. The exact
-# $\epsilon^\star$ isolates that effect from training error. For $T \in \{25, \dots, 1000\}$
-# (gcg's linear schedule scales both ends by $1000/T$) we measure the bound $L$ and the samples'
-# mean true NLL.
+# Why $T = 1000$? A Gaussian reverse step is accurate only for a small forward step; for large
+# steps the true $q(x_{t-1} \mid x_t)$ can be multimodal. The exact $\epsilon^\star$
+# isolates this from training error: for $T \in \{25, \dots, 1000\}$ (the linear schedule's ends
+# scaled by $1000/T$) we measure the bound $L$ and the samples' true NLL.
 
 # %% tags=["nbval-ignore-output"]
 study = []
@@ -721,24 +705,22 @@ plt.show()
 
 # %% [markdown]
 # Even the perfect predictor pays for a short chain: the bound tightens at every $T$, yet at
-# $T = 1000$ it is still above the true NLL, because each step uses the fixed $\tilde\beta_t$
-# rather than the true conditional's variance (chapter 02 learns it). Recall rises with $T$,
-# while the samples' NLL first drops *below* the data's (they crowd the component centres). Hence
-# $T = 1000$, and slow sampling: chapters 02 and 03 keep the quality with fewer steps.
+# $T = 1000$ still exceeds the true NLL, as each step uses the fixed $\tilde\beta_t$, not the true
+# conditional's variance (chapter 02 learns it). Recall rises with $T$, while the samples' NLL
+# first drops *below* the data's (they crowd the component centres). Hence $T = 1000$, and slow
+# sampling, which chapters 02 and 03 cut.
 #
 # ## 8. Real images: DDPM on the 8×8 digits
 #
-# The recipe on real data, scaled down: the 1,438 training digits of
-# `gcg.data.load_digits_dataset` (8×8, in $[-1, 1]$), an unconditional ~1.15M-parameter UNet
-# (`digits8_small`), linear schedule, $T = 1000$, $L_\text{simple}$, AdamW with an EMA, batch 64,
-# a fixed number of steps (`GCG_SCALE` scales it).
+# The recipe on real data, scaled down: 1,438 training digits (8×8, in $[-1, 1]$), an
+# unconditional 1.15M-parameter UNet (`digits8_small`), linear schedule, $T = 1000$,
+# $L_\text{simple}$, AdamW with an EMA, batch 64.
 #
 # ```{note}
-# **What the CPU budget changes.** One reverse step of this UNet on 64 images costs about 0.09 s
-# on 2 CPU cores, so at `GCG_SCALE=1` we sample with 250 of the 1000 trained steps ("respacing":
-# the same network, the $\beta$'s recomputed so that the kept steps keep their $\bar\alpha$'s;
-# chapter 02). It is still ancestral sampling with $\sigma_t^2 = \tilde\beta_t$; `GCG_SCALE=4`
-# uses all 1000 steps.
+# **What the CPU budget changes.** At `GCG_SCALE=1` we sample ancestrally with 250 of the 1000
+# trained steps (about 0.1 s each for 128 images on 2 CPU cores) by "respacing" (chapter 02: the
+# same network, the $\beta$'s recomputed so that the kept steps keep their $\bar\alpha$'s);
+# `GCG_SCALE=4` uses all 1000.
 # ```
 
 # %%
@@ -760,10 +742,9 @@ history = digits_run.history
 print("loss every", digits_config.log_every, "steps:", [round(h["loss"], 3) for h in history])
 
 # %% [markdown]
-# A small classifier trained on the real digits (`gcg.features.train_feature_net`) scores the
-# samples: the Fréchet distance of its features to the test digits' ("FD (domain)", the FID
-# recipe {cite:p}`heusel2017fid`, **not** comparable to published FIDs) and its Inception-score
-# analogue (at most 10). References: real training digits, and a Gaussian fitted to the pixels.
+# A classifier trained on the real digits (`gcg.features.train_feature_net`) scores the samples: the Fréchet distance of its features to the test digits' ("FD (domain)", the FID recipe
+# {cite:p}`heusel2017fid`, **not** comparable to published FIDs) and its Inception-score analogue
+# (at most 10), against real digits and a Gaussian fitted to the pixels.
 
 # %% tags=["nbval-ignore-output"]
 from gcg.data import load_digits_dataset
@@ -813,10 +794,9 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# **One sample's reverse trajectory.** For three of those samples, the state $x_t$ entering a
-# step (rows $x_t$) and the network's prediction $\hat x_0(x_t)$ of
-# {eq}`ch01-eps-mean` at that step (rows $\hat x_0$), both read off
-# `p_sample_loop_progressive`, which yields every step's `sample` and `pred_xstart`.
+# **One sample's reverse trajectory.** For three samples, the state $x_t$ entering a step and
+# the network's prediction $\hat x_0(x_t)$ there, both read off `p_sample_loop_progressive`
+# (every step's `sample` and `pred_xstart`).
 
 # %%
 cols = [f"t = {int(sampler.timestep_map[i]) + 1}" for i in snap_idx]
@@ -831,12 +811,11 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# In the trajectories $\hat x_0$ commits to a coarse shape by $t \approx 450$, while $x_t$ is
-# still mostly noise; the later steps sharpen it. After two minutes of CPU training many samples
-# are recognisable digits and the rest are still
-# blobs; the FD is well below the Gaussian baseline but far from real digits (exercise 5 trains
-# longer). Reproduced: the ingredients and their identities exactly, and the recipe's
-# qualitative behaviour. Not reproduced: CIFAR-10 numbers.
+# In the trajectories $\hat x_0$ commits to a coarse shape by $t \approx 450$, while $x_t$ is still
+# mostly noise. After 90 s of CPU training some samples are recognisable digits, the rest blobs;
+# the FD is well below the Gaussian baseline but far from real digits (exercise 5 trains longer).
+# Reproduced: the identities exactly, and the recipe's qualitative behaviour; not the CIFAR-10
+# numbers.
 
 # %% tags=["nbval-ignore-output"]
 print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
@@ -851,24 +830,24 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
 # $$
 #
 # DDPM trains a network to recover the noise of a closed-form forward sample (a reweighted
-# variational bound, minimised by the scaled score) and samples by Gaussian reverse steps from
-# pure noise; chapters 02 and 03 shorten that chain.
+# bound, minimised by the scaled score) and samples by Gaussian reverse steps from noise;
+# chapters 02 and 03 shorten that chain.
 #
 # ```{admonition} Summary: equation → gcg
-# - {eq}`ch01-marginal` forward marginal → `q_sample`, `q_mean_variance`
-# - {eq}`ch01-posterior` forward posterior → `q_posterior_mean_variance`
-# - {eq}`ch01-elbo`, {eq}`ch01-kl` the bound and its terms → `calc_bpd_loop`, `gcg.losses.normal_kl`
-# - {eq}`ch01-eps-mean` the $\epsilon$-parameterised mean → `p_mean_variance`
-# - {eq}`ch01-lsimple` $L_\text{simple}$ → `training_losses` (`loss_type="mse"`)
-# - {eq}`ch01-optimal-eps` the optimal predictor → `gcg.toy.GaussianMixture.eps_model`
-# - {eq}`ch01-ancestral` ancestral sampling → `p_sample`, `p_sample_loop`
+# - {eq}`ch01-marginal` → `q_sample`, `q_mean_variance`
+# - {eq}`ch01-posterior` → `q_posterior_mean_variance`
+# - {eq}`ch01-elbo`, {eq}`ch01-kl` → `calc_bpd_loop`, `normal_kl`
+# - {eq}`ch01-eps-mean` → `p_mean_variance`
+# - {eq}`ch01-lsimple` → `training_losses` (`loss_type="mse"`)
+# - {eq}`ch01-optimal-eps` → `GaussianMixture.eps_model`
+# - {eq}`ch01-ancestral` → `p_sample`, `p_sample_loop`
 # ```
 #
 # ## Exercises
 #
 # 1. **Posterior variance.** Show from {eq}`ch01-posterior` that $\tilde\beta_1 = 0$ and
-#    $\tilde\beta_t < \beta_t$ for $t > 1$. Plot `diffusion.posterior_variance / diffusion.betas`:
-#    why does the ratio approach 1 for large $t$? (Instant.)
+#    $\tilde\beta_t < \beta_t$ for $t > 1$. Why does `diffusion.posterior_variance / diffusion.betas`
+#    approach 1 for large $t$? (Instant.)
 #
 #    ```{admonition} Hint
 #    :class: dropdown
@@ -879,16 +858,14 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
 #    :class: dropdown
 #    $\tilde\beta_1 = \frac{1 - \bar\alpha_0}{1 - \bar\alpha_1}\beta_1 = 0$ since $\bar\alpha_0 = 1$: given
 #    $x_0$, nothing is left to sample. For $t > 1$, $\bar\alpha_t = \alpha_t \bar\alpha_{t-1} <
-#    \bar\alpha_{t-1}$, so $1 - \bar\alpha_{t-1} < 1 - \bar\alpha_t$ and the ratio
-#    $\tilde\beta_t / \beta_t = (1 - \bar\alpha_{t-1})/(1 - \bar\alpha_t) < 1$. For large $t$ both
-#    $\bar\alpha$'s are near 0 and the ratio tends to 1: once $x_0$ is forgotten, the posterior
-#    variance is the forward step's own.
+#    \bar\alpha_{t-1}$, so $\tilde\beta_t / \beta_t = (1 - \bar\alpha_{t-1})/(1 - \bar\alpha_t) < 1$.
+#    For large $t$ both $\bar\alpha$'s are near 0 and the ratio tends to 1: with $x_0$ forgotten,
+#    the posterior variance is the forward step's.
 #    ```
 #
-# 2. **The weight of $L_\text{simple}$.** Plot the weight
-#    $\beta_t^2 / (2\sigma_t^2 \alpha_t (1 - \bar\alpha_t))$ of {eq}`ch01-weighted` against $t$ for
+# 2. **The weight of $L_\text{simple}$.** Plot the weight of {eq}`ch01-weighted` against $t$ for
 #    $\sigma_t^2 = \tilde\beta_t$. Which steps does $L_\text{simple}$ up-weight relative to the
-#    true bound? Ho et al. argue this helps sample quality; why? (Instant.)
+#    bound? Ho et al. argue this helps sample quality; why? (Instant.)
 #
 #    ```{admonition} Hint
 #    :class: dropdown
@@ -898,36 +875,35 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
 #    ```{admonition} Solution
 #    :class: dropdown
 #    With $\sigma_t^2 = \tilde\beta_t$ the weight is $\beta_t / (2\alpha_t (1 - \bar\alpha_{t-1}))$:
-#    about 0.6 at $t = 2$ (where $1 - \bar\alpha_1 = \beta_1$) and about $\beta_t / 2 \approx 0.01$
-#    for most of the chain. $L_\text{simple}$ weights every $t$ by 1, so relative to the bound it
-#    up-weights the noisy steps (large $t$), where the network must decide the content, and
-#    down-weights the nearly clean steps, which the bound values for imperceptible detail.
+#    about 0.6 at $t = 2$ (where $1 - \bar\alpha_1 = \beta_1$), about $\beta_t / 2 \approx 0.01$
+#    for most of the chain. $L_\text{simple}$ weights every $t$ by 1, so it up-weights the noisy
+#    steps, where the network decides the content, and down-weights the nearly clean ones, which
+#    the bound values for imperceptible detail.
 #    ```
 #
-# 3. **Tweedie by Monte Carlo.** For one $x_t$ of the toy, estimate $\mathbb E[\epsilon \mid x_t]$
-#    by importance weighting many $x_0$ draws with $q(x_t \mid x_0)$, and compare with
-#    `toy.eps_model` {eq}`ch01-optimal-eps`. (Seconds.)
+# 3. **Tweedie by Monte Carlo.** For one toy $x_t$, estimate $\mathbb E[\epsilon \mid x_t]$ by
+#    weighting many $x_0$ draws with $q(x_t \mid x_0)$, and compare with `toy.eps_model`. (Seconds.)
 #
 #    ```{admonition} Hint
 #    :class: dropdown
-#    Weights $w_i \propto q(x_t \mid x_0^{(i)})$ (normalise the log weights with `torch.softmax`),
-#    then average $(x_t - \sqrt{\bar\alpha_t}\, x_0^{(i)})/\sqrt{1 - \bar\alpha_t}$: the proof of
+#    Normalise the log weights $\log q(x_t \mid x_0^{(i)})$ with `torch.softmax`, then average
+#    $(x_t - \sqrt{\bar\alpha_t}\, x_0^{(i)})/\sqrt{1 - \bar\alpha_t}$: the proof of
 #    {eq}`ch01-optimal-eps`, computed.
 #    ```
 #
-# 4. **Fixed large variance.** Repeat section 7 with `GaussianDiffusion(..., model_var_type="fixed_large")`.
-#    Which choice of $\sigma_t^2$ gives the tighter bound at small $T$, and which gives better
-#    samples? (About a minute on a 2-core CPU.)
+# 4. **Fixed large variance.** Repeat section 7 with `model_var_type="fixed_large"`. Which
+#    $\sigma_t^2$ gives the tighter bound at small $T$, and which better samples? (About a minute
+#    on a 2-core CPU.)
 #
 #    ```{admonition} Hint
 #    :class: dropdown
-#    `toy.eps_model(d_T)` does not depend on $\sigma_t$: only the line that builds `d_T` changes.
-#    Compare the terms of `bpd["vb"]` step by step.
+#    `toy.eps_model(d_T)` does not depend on $\sigma_t$: only the line building `d_T` changes.
+#    Compare the terms of `bpd["vb"]`.
 #    ```
 #
 # 5. **Train longer.** Re-run the chapter with `GCG_SCALE=4`. How do the digits' FD and IS move?
-#    Plot the training loss history of `digits_run.history`. (About 15 minutes on a 2-core CPU,
-#    most of it the 1000-step sampler; a GPU takes a minute or two.)
+#    Plot `digits_run.history`. (About 15 minutes on a 2-core CPU, mostly the 1000-step sampler;
+#    a GPU takes a minute or two.)
 #
 #    ```{admonition} Hint
 #    :class: dropdown

@@ -3,23 +3,20 @@
 #
 # ```{admonition} Learning goals
 # After this chapter you can
-# - derive DDIM's non-Markovian forward processes and show they share DDPM's marginals;
-# - implement the DDIM update for any $\eta$ and say why a DDPM-trained network serves it;
-# - derive DDPM's ancestral step as the score-SDE sampler, and DDIM at $\eta = 0$ as an ODE solver;
-# - predict from the number of steps which sampler wins (ADM's rule), and measure it.
+# - derive DDIM's non-Markovian processes and show they share DDPM's marginals;
+# - implement the DDIM update, and say why a DDPM-trained network serves it;
+# - derive DDPM's step as a score-SDE sampler and DDIM ($\eta = 0$) as an ODE solver;
+# - predict which sampler wins at a given number of steps (ADM's rule), and measure it.
 #
-# **Prerequisites:** [chapter 01](01_ddpm.ipynb) §1–5 (marginals, posterior, $\epsilon$-parameterisation,
-# ancestral sampling, the exact toy model).
+# **Prerequisites:** [chapter 01](01_ddpm.ipynb) §1–5.
 # ```
 #
-# **The question.** A DDPM needs its whole chain, $T = 1000$ network evaluations, to draw one
-# sample. Can the *same trained network* sample in 10–100 steps without retraining?
+# **The question.** Can a network trained for DDPM's 1,000-step chain sample in 10–100 steps?
 #
-# **The paper's claim.** Song, Meng and Ermon {cite:p}`song2021ddim` generalise the forward
-# process to a family of *non-Markovian* processes with the same marginals $q(x_t \mid x_0)$, so
-# the DDPM training objective, and hence any trained DDPM, serves all of them. One member gives
-# a **deterministic** sampler ($\eta = 0$, "DDIM"), which keeps its quality with few steps.
-# Their Table 1 (CIFAR-10 FID, lower is better):
+# **The paper's claim** {cite:p}`song2021ddim`: *non-Markovian* forward processes with DDPM's
+# marginals share its training objective, so any trained DDPM serves them all; one gives a
+# **deterministic** sampler ($\eta = 0$, "DDIM") that keeps its quality with few steps (Table 1,
+# CIFAR-10 FID):
 #
 # | $S$ steps | 10 | 20 | 50 | 100 | 1000 |
 # |---|---|---|---|---|---|
@@ -27,8 +24,7 @@
 # | $\eta = 0.5$ | 16.66 | 8.35 | 5.25 | 4.46 | 4.29 |
 # | $\eta = 1$ (DDPM-like) | 41.07 | 18.36 | 8.01 | 5.78 | 4.73 |
 #
-# We reproduce the shape of Table 1 on the exact toy model and on a digit model trained as in
-# chapter 01.
+# We reproduce its shape on the toy and on digits.
 
 # %%
 import inspect
@@ -70,10 +66,10 @@ gen = torch.Generator().manual_seed(1)
 # %% [markdown]
 # ## 1. A family of forward processes with the same marginals
 #
-# DDPM's loss $L_\text{simple}$ only ever touches the marginals $q(x_t \mid x_0) =
-# \mathcal N(\sqrt{\bar\alpha_t}\, x_0, (1 - \bar\alpha_t) I)$, never the joint
-# $q(x_{1:T} \mid x_0)$. So consider any joint with those marginals. For a vector of standard
-# deviations $\sigma = (\sigma_1, \dots, \sigma_T)$, define the process *backwards*:
+# $L_\text{simple}$ touches only the marginals $q(x_t \mid x_0) =
+# \mathcal N(\sqrt{\bar\alpha_t}\, x_0, (1 - \bar\alpha_t) I)$, never the joint. So take any joint
+# with those marginals: for standard deviations $\sigma = (\sigma_1, \dots, \sigma_T)$, define the
+# process *backwards*:
 #
 # $$
 # q_\sigma(x_{1:T} \mid x_0) = q_\sigma(x_T \mid x_0) \prod_{t=2}^{T} q_\sigma(x_{t-1} \mid x_t, x_0),
@@ -85,21 +81,18 @@ gen = torch.Generator().manual_seed(1)
 #   + \sqrt{1 - \bar\alpha_{t-1} - \sigma_t^2}\ \frac{x_t - \sqrt{\bar\alpha_t}\, x_0}{\sqrt{1 - \bar\alpha_t}},\ \ \sigma_t^2 I\right)
 # $$ (ch03-q-sigma)
 #
-# (Eq. (7) of the paper). **Claim:** $q_\sigma(x_t \mid x_0) = \mathcal N(\sqrt{\bar\alpha_t}\,
-# x_0, (1 - \bar\alpha_t) I)$ for every $t$. By downward induction: if it holds at $t$, write
-# $x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon$; then by
-# {eq}`ch03-q-sigma` $x_{t-1} = \sqrt{\bar\alpha_{t-1}}\, x_0 + \sqrt{1 - \bar\alpha_{t-1} -
-# \sigma_t^2}\, \epsilon + \sigma_t z$ with $z$ independent of $\epsilon$, a Gaussian with mean
-# $\sqrt{\bar\alpha_{t-1}}\, x_0$ and variance $(1 - \bar\alpha_{t-1} - \sigma_t^2) + \sigma_t^2 =
-# 1 - \bar\alpha_{t-1}$. ∎
+# (Eq. (7) of the paper). **Claim:** $q_\sigma$ has these marginals at every $t$. By downward
+# induction: if it holds at $t$, write $x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\,
+# \epsilon$; then by {eq}`ch03-q-sigma` $x_{t-1} = \sqrt{\bar\alpha_{t-1}}\, x_0 + \sqrt{1 -
+# \bar\alpha_{t-1} - \sigma_t^2}\, \epsilon + \sigma_t z$ with $z$ independent of $\epsilon$, a
+# Gaussian with mean $\sqrt{\bar\alpha_{t-1}}\, x_0$ and variance $(1 - \bar\alpha_{t-1} -
+# \sigma_t^2) + \sigma_t^2 = 1 - \bar\alpha_{t-1}$. ∎
 #
-# The process is non-Markovian ($x_t$ depends on $x_{t-1}$ *and* $x_0$), which never matters:
-# only marginals enter training. Two members stand out:
+# It is non-Markovian, which training never sees. Two members stand out:
 #
-# - $\sigma_t^2 = \tilde\beta_t = \frac{1 - \bar\alpha_{t-1}}{1 - \bar\alpha_t}\beta_t$: then
-#   {eq}`ch03-q-sigma` **is** DDPM's posterior $q(x_{t-1} \mid x_t, x_0)$ (chapter 01), and the
-#   process is DDPM's Markov chain;
-# - $\sigma_t = 0$: given $x_0$ and $x_T$, the whole path is deterministic.
+# - $\sigma_t^2 = \tilde\beta_t = \frac{1 - \bar\alpha_{t-1}}{1 - \bar\alpha_t}\beta_t$:
+#   {eq}`ch03-q-sigma` **is** DDPM's posterior (chapter 01), and the process DDPM's Markov chain;
+# - $\sigma_t = 0$: given $x_0$ and $x_T$, the path is deterministic.
 #
 # The paper interpolates with $\eta \ge 0$:
 #
@@ -108,12 +101,9 @@ gen = torch.Generator().manual_seed(1)
 # \qquad \sigma_t(1)^2 = \tilde\beta_t .
 # $$ (ch03-sigma-eta)
 #
-# **Check.** (a) At $\eta = 1$ the mean of {eq}`ch03-q-sigma` has DDPM's posterior coefficients
-# (`posterior_mean_coef1`, `posterior_mean_coef2`) and variance (`posterior_variance`).
-# (b) Simulate $q_\sigma$ backwards from $x_T \sim q(x_T \mid x_0)$ for several $\eta$ and compare the
-# moments of every $x_t$ with the DDPM marginal. We draw the chain with gcg's own DDIM step
-# (section 2), fed an oracle "model" that knows $x_0$: its predicted $\hat x_0$ is then $x_0$
-# exactly, and the step is exactly a draw from {eq}`ch03-q-sigma`.
+# **Check.** (a) At $\eta = 1$, {eq}`ch03-q-sigma` has DDPM's posterior coefficients and variance.
+# (b) Simulated backwards, $q_\sigma$ has the marginal's moments at every $t$ for several $\eta$
+# (an oracle "model" that knows $x_0$ makes gcg's DDIM step an exact draw from {eq}`ch03-q-sigma`).
 
 # %% tags=["nbval-ignore-output"]
 ab = diffusion.alphas_cumprod
@@ -154,33 +144,31 @@ for eta in [0.0, 0.5, 1.0]:
 
 
 # %% [markdown]
-# Every $\eta$ reproduces the marginals to Monte Carlo accuracy (20,000 paths; the errors are
-# the maxima over all 1,000 steps and both coordinates).
+# Every $\eta$ has the marginals to Monte Carlo accuracy (20,000 paths; maxima over all steps).
 #
 # ## 2. The generative process and the DDIM update
 #
 # Replace $x_0$ in {eq}`ch03-q-sigma` by the network's prediction
 # $\hat x_0 = (x_t - \sqrt{1 - \bar\alpha_t}\, \epsilon_\theta(x_t, t)) / \sqrt{\bar\alpha_t}$; the
-# fraction $(x_t - \sqrt{\bar\alpha_t}\hat x_0)/\sqrt{1 - \bar\alpha_t}$ is then exactly
-# $\epsilon_\theta$. One reverse step reads
+# fraction $(x_t - \sqrt{\bar\alpha_t}\hat x_0)/\sqrt{1 - \bar\alpha_t}$ becomes $\epsilon_\theta$,
+# and one reverse step reads
 #
 # $$
 # x_{t-1} = \underbrace{\sqrt{\bar\alpha_{t-1}}\ \hat x_0}_{\text{predicted } x_0}
 #   + \underbrace{\sqrt{1 - \bar\alpha_{t-1} - \sigma_t^2}\ \epsilon_\theta(x_t, t)}_{\text{direction pointing to } x_t}
-#   + \underbrace{\sigma_t z}_{\text{random noise}}, \qquad z \sim \mathcal N(0, I),
+#   + \underbrace{\sigma_t z}_{\text{random noise}}, \qquad z \sim \mathcal N(0, I)
 # $$ (ch03-ddim-step)
 #
-# Eq. (12) of the paper. At $\eta = 1$ it is DDPM's ancestral step with $\sigma_t^2 = \tilde\beta_t$
-# (chapter 01); at $\eta = 0$ it is deterministic. In gcg it is `GaussianDiffusion.ddim_sample`
-# (one step) and `ddim_sample_loop` (the chain).
+# (Eq. (12) of the paper): DDPM's ancestral step at $\eta = 1$ (chapter 01), deterministic at
+# $\eta = 0$. In gcg: `ddim_sample`, `ddim_sample_loop`.
 
 # %% [markdown]
 # ### Write it yourself: the DDIM update
 #
-# Implement `my_ddim_step(x_t, eps, alpha_bar, alpha_bar_prev, eta, noise)`: all tensors `[N, D]`
-# (`alpha_bar`, `alpha_bar_prev` per example, broadcastable), `eta` a float, `noise` the $z$ of
+# Implement `my_ddim_step(x_t, eps, alpha_bar, alpha_bar_prev, eta, noise)`: tensors `[N, D]`
+# (the two $\bar\alpha$'s per example, broadcastable), `eta` a float, `noise` the $z$ of
 # {eq}`ch03-ddim-step`; return $x_{t-1}$, with $\sigma_t$ from {eq}`ch03-sigma-eta`. The next cell
-# compares it with one `ddim_sample` step of gcg.
+# compares it with `ddim_sample`.
 
 # %% tags=["write-it-yourself", "hide-input"]
 def my_ddim_step(x_t, eps, alpha_bar, alpha_bar_prev, eta, noise):
@@ -210,8 +198,8 @@ print("my_ddim_step agrees with GaussianDiffusion.ddim_sample for eta = 0, 0.3, 
 show(GaussianDiffusion.ddim_sample)
 
 # %% [markdown]
-# **Check.** (a) With $\eta = 1$ and the same noise draw, `ddim_sample` and DDPM's `p_sample`
-# give the same $x_{t-1}$. (b) With $\eta = 0$ the step ignores the random generator.
+# **Check.** (a) At $\eta = 1$, `ddim_sample` and `p_sample` give the same $x_{t-1}$ from the same
+# noise. (b) At $\eta = 0$ the step ignores the generator.
 
 # %% tags=["nbval-ignore-output"]
 xt, _ = toy.sample(1000, generator=gen, dtype=torch.float64)
@@ -230,11 +218,10 @@ assert torch.allclose(ddim_eta1, ddpm, atol=1e-6) and torch.equal(det[0], det[1]
 # ## 3. Why the training objective does not change
 #
 # Train $p_\theta$ by the variational bound of $q_\sigma$, $J_\sigma(\epsilon_\theta) =
-# \mathbb E_{q_\sigma}[\log q_\sigma(x_{1:T} \mid x_0) - \log p_\theta(x_{0:T})]$, with the
+# \mathbb E_{q_\sigma}[\log q_\sigma(x_{1:T} \mid x_0) - \log p_\theta(x_{0:T})]$, with
 # generative steps $p_\theta(x_{t-1} \mid x_t) = q_\sigma(x_{t-1} \mid x_t, \hat x_0)$. Each term
-# is a KL between two Gaussians with the same covariance $\sigma_t^2 I$ whose means
-# differ only through $x_0$ versus $\hat x_0$. The mean of {eq}`ch03-q-sigma` is linear in $x_0$
-# at fixed $x_t$, with coefficient
+# is a KL between Gaussians of equal covariance $\sigma_t^2 I$. At fixed $x_t$ the mean of
+# {eq}`ch03-q-sigma` is linear in $x_0$ with coefficient
 # $c_t = \sqrt{\bar\alpha_{t-1}} - \sqrt{1 - \bar\alpha_{t-1} - \sigma_t^2}\sqrt{\bar\alpha_t}/\sqrt{1 - \bar\alpha_t}$,
 # and $x_0 - \hat x_0 = \sqrt{1 - \bar\alpha_t}\,(\epsilon_\theta - \epsilon) / \sqrt{\bar\alpha_t}$. Hence
 #
@@ -243,17 +230,13 @@ assert torch.allclose(ddim_eta1, ddpm, atol=1e-6) and torch.equal(det[0], det[1]
 # = \frac{c_t^2 (1 - \bar\alpha_t)}{2 \sigma_t^2 \bar\alpha_t}\, \lVert \epsilon - \epsilon_\theta(x_t, t) \rVert^2 ,
 # $$
 #
-# and since $x_t$ has the same law $q(x_t \mid x_0)$ for every $\sigma$, $J_\sigma = \sum_t
+# and since $x_t \sim q(x_t \mid x_0)$ for every $\sigma$, $J_\sigma = \sum_t
 # \gamma_t\, \mathbb E \lVert \epsilon - \epsilon_\theta(x_t, t)\rVert^2 + C$: a weighted
-# $L_\text{simple}$ (Theorem 1 of the paper). When $\epsilon_\theta$ has separate parameters per
-# $t$ (or enough capacity), the minimiser of every weighted sum is the same per-$t$ regression
-# $\epsilon^\star(x_t, t) = \mathbb E[\epsilon \mid x_t]$. **So a model trained with
-# $L_\text{simple}$ is already optimal for every $\eta > 0$.** The theorem needs $\sigma_t > 0$
-# (the KL divides by $\sigma_t^2$); $\eta = 0$ is the limit of samplers that all use the same
-# $\epsilon^\star$, so the sampler can be chosen after training.
-#
-# The consequence we can test: with the exact $\epsilon^\star$ and many steps, every $\eta$
-# samples the data distribution.
+# $L_\text{simple}$ (Theorem 1). With separate parameters per $t$ (or enough capacity), every
+# weighting has the same minimiser $\epsilon^\star(x_t, t) = \mathbb E[\epsilon \mid x_t]$. **So a
+# model trained with $L_\text{simple}$ is optimal for every $\eta > 0$** (the KL needs
+# $\sigma_t > 0$; $\eta = 0$ is their limit): the sampler is chosen after training. **Test:** with
+# the exact $\epsilon^\star$ and 1,000 steps, every $\eta$ samples the data.
 
 # %% tags=["nbval-ignore-output"]
 data_ref, _ = toy.sample(3000, generator=torch.Generator().manual_seed(2))
@@ -271,13 +254,11 @@ for eta in [0.0, 0.5, 1.0]:
 # %% [markdown]
 # ## 4. Sampling with fewer steps
 #
-# Because only the marginals matter, the generative process may also skip steps: pick an
-# increasing sub-sequence $\tau_1 < \dots < \tau_S$ of $\{1, \dots, T\}$ and run
-# {eq}`ch03-ddim-step` from $\tau_i$ to $\tau_{i-1}$ with $\bar\alpha_{\tau_i}$ and
-# $\bar\alpha_{\tau_{i-1}}$ in place of $\bar\alpha_t$ and $\bar\alpha_{t-1}$ (Sec. 4.2 of the
-# paper). In gcg a respaced diffusion is exactly that chain: `diffusion.respace("ddim50")` keeps
-# 50 evenly strided steps (`space_timesteps`), rebuilds $\beta$ from $\bar\alpha$ at the kept
-# steps, and passes the *original* timesteps to the model.
+# Since only the marginals matter, the sampler may skip steps: for a sub-sequence
+# $\tau_1 < \dots < \tau_S$ of $\{1, \dots, T\}$, run {eq}`ch03-ddim-step` from $\tau_i$ to
+# $\tau_{i-1}$ with $\bar\alpha_{\tau_i}, \bar\alpha_{\tau_{i-1}}$ in place of $\bar\alpha_t,
+# \bar\alpha_{t-1}$ (Sec. 4.2). `diffusion.respace("ddim50")` is that chain: 50 evenly strided
+# steps, $\beta$ rebuilt from the kept $\bar\alpha$'s, the *original* timesteps passed to the model.
 
 # %%
 chain = diffusion.respace("ddim10")
@@ -295,14 +276,13 @@ assert torch.allclose(chain.alphas_cumprod, diffusion.alphas_cumprod[chain.times
 # \bar x_{t-1} = \bar x_t + (\bar\sigma_{t-1} - \bar\sigma_t)\ \epsilon_\theta(x_t, t),
 # $$ (ch03-euler)
 #
-# an Euler step of the ODE $d\bar x = \epsilon_\theta\, d\bar\sigma$ (Sec. 4.3). Run forwards
-# (from $t$ to $t + 1$), the same discretisation **encodes** data into a latent $x_T$
-# (`ddim_reverse_sample`, `ddim_reverse_sample_loop`), and decoding the latent reproduces the
-# data up to discretisation error. Latents can be interpolated: the paper uses spherical
-# interpolation, since $x_T$ lives near the sphere of radius $\sqrt D$.
+# an Euler step of the ODE $d\bar x = \epsilon_\theta\, d\bar\sigma$ (Sec. 4.3). Run from $t$ to
+# $t + 1$, it **encodes** data into a latent $x_T$ (`ddim_reverse_sample_loop`) that decodes back
+# up to discretisation error; the paper interpolates latents spherically ($x_T$ lies near the
+# sphere of radius $\sqrt D$).
 #
-# **Check.** Encode toy data with the exact model and decode it again: the reconstruction error
-# falls as the number of steps grows, and the latents look like $\mathcal N(0, I)$.
+# **Check.** Toy data encoded and decoded: the error falls with the steps, and the latents
+# approach $\mathcal N(0, I)$.
 
 # %% tags=["nbval-ignore-output"]
 show(GaussianDiffusion.ddim_reverse_sample)
@@ -342,22 +322,21 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The decoded path leaves one mixture component and walks to the other along the data's
-# support, rather than through the empty centre as a straight line in data space would.
+# The decoded path walks between components along the data's support, not through the empty
+# centre.
 #
 # ## 6. The stochastic twin: DDPM's step as a score-SDE sampler
 #
 # In continuous time DDPM's forward chain is the variance-preserving SDE
-# $dx = -\tfrac12 \beta(t)\, x\, dt + \sqrt{\beta(t)}\, dw$, whose time reversal is
-# {cite:p}`song2021sde`
+# $dx = -\tfrac12 \beta(t)\, x\, dt + \sqrt{\beta(t)}\, dw$, whose time reversal, run from $t = T$
+# to 0, is {cite:p}`song2021sde`
 #
 # $$
-# dx = \big[-\tfrac12 \beta(t)\, x - \beta(t)\, \nabla_x \log q_t(x)\big]\, dt + \sqrt{\beta(t)}\, d\bar w ,
+# dx = \big[-\tfrac12 \beta(t)\, x - \beta(t)\, \nabla_x \log q_t(x)\big]\, dt + \sqrt{\beta(t)}\, d\bar w .
 # $$ (ch03-reverse-sde)
 #
-# run from $t = T$ down to 0. Put the score $s_\theta = -\epsilon_\theta / \sqrt{1 - \bar\alpha_t}$
-# (chapter 01's optimal predictor) into DDPM's mean
-# $\mu_\theta = (x_t - \beta_t \epsilon_\theta / \sqrt{1 - \bar\alpha_t}) / \sqrt{\alpha_t}$ and take
+# Put the score $s_\theta = -\epsilon_\theta / \sqrt{1 - \bar\alpha_t}$ into DDPM's mean
+# $\mu_\theta = (x_t - \beta_t \epsilon_\theta / \sqrt{1 - \bar\alpha_t}) / \sqrt{\alpha_t}$ with
 # $\sigma_t^2 = \beta_t$:
 #
 # $$
@@ -365,12 +344,12 @@ plt.show()
 # = x_t + \beta_t \big(\tfrac12 x_t + s_\theta(x_t, t)\big) + \sqrt{\beta_t}\, z + O(\beta_t^2),
 # $$ (ch03-sde-ancestral)
 #
-# the score-SDE paper's ancestral sampler. The second form ($1/\sqrt{1 - \beta_t} = 1 + \beta_t / 2 + O(\beta_t^2)$) is an Euler–Maruyama step of {eq}`ch03-reverse-sde`: DDPM's sampler
-# discretises a reverse **SDE**, as DDIM at $\eta = 0$ discretises an **ODE** (section 5).
+# the score-SDE paper's ancestral sampler. As $1/\sqrt{1 - \beta_t} = 1 + \beta_t / 2 +
+# O(\beta_t^2)$, the second form is an Euler–Maruyama step of {eq}`ch03-reverse-sde`: DDPM
+# discretises a reverse **SDE** as DDIM ($\eta = 0$) an **ODE**.
 #
-# **Check.** (a) One `p_sample` step with `model_var_type="fixed_large"` ($\sigma_t^2 = \beta_t$)
-# and the exact model equals the first form with the exact score `toy.score` and the same $z$.
-# (b) The Euler–Maruyama form over 1,000 steps samples the toy as well as section 3's samplers.
+# **Check.** (a) `p_sample` with `model_var_type="fixed_large"` equals the first form with the
+# exact score `toy.score`. (b) Euler–Maruyama over 1,000 steps samples the toy.
 
 # %% tags=["nbval-ignore-output"]
 diffusion_large = GaussianDiffusion(get_named_beta_schedule("linear", T), model_var_type="fixed_large")
@@ -399,15 +378,10 @@ assert em_mean_err < 0.05 and em_cov_err < 0.05 and abs(em_nll - data_nll) < 0.1
 # %% [markdown]
 # ## 7. Experiment: quality against steps, exact toy model
 #
-# The scaled-down Table 1, first with the exact $\epsilon^\star$ so that only the sampler is
-# being tested. For $S \in \{10, 20, 50, 100\}$ and $\eta \in \{0, 0.5, 1\}$ we draw 3,000
-# samples and score them with improved precision and recall {cite:p}`kynkaanniemi2019pr` against
-# held-out data and with the Fréchet distance between the samples and the data in the data space
-# itself (2-D points: no feature network needed). Lower FD is better.
-#
-# ADM {cite:p}`dhariwal2021beat` turned this comparison into a rule of thumb: sample with DDIM
-# below 50 steps and with DDPM's ancestral sampler from 50 steps up. With $\sigma_t^2 =
-# \tilde\beta_t$ that ancestral sampler *is* $\eta = 1$ (section 2), so the table tests the rule.
+# Table 1 with the exact $\epsilon^\star$, testing only the sampler: 3,000 samples per
+# $(S, \eta)$, scored against held-out data by precision and recall {cite:p}`kynkaanniemi2019pr`
+# and by the Fréchet distance in data space. ADM {cite:p}`dhariwal2021beat` made this a rule:
+# DDIM below 50 steps, DDPM ($\eta = 1$) from 50 up.
 
 # %% tags=["nbval-ignore-output"]
 from gcg.metrics import fid_from_features, precision_recall
@@ -438,22 +412,20 @@ print("ADM's rule on the exact toy, FD of DDIM vs DDPM: "
                   for S in STEPS))
 
 # %% [markdown]
-# ADM's rule holds exactly on the toy: DDIM wins at 10 and 20 steps (at 10, $\eta = 1$ has lower
-# precision *and* recall), DDPM at 50 and 100. With a perfect $\epsilon^\star$ the only error left
-# is the discretisation, and the ODE's Euler steps contract narrow modes (gcg's tests: 50
-# deterministic steps leave the ring's components, of standard deviation 0.12, at about 0.096);
-# the fresh noise of $\eta > 0$ re-spreads them. In the paper's Table 1 $\eta = 0$ stays ahead at
-# every $S$: there a trained network's own errors dominate, the regime of the next experiment.
+# This draw follows ADM's rule (DDIM wins at 10 and 20 steps, DDPM at 50 and 100), but the second
+# half is sampling noise: from 50 steps, 3,000-point FDs vary as much between seeds as between
+# samplers (the assert holds for this seed), and with 20,000 samples the order is
+# $\eta = 0 < 0.5 < 1$ at every $S$, as in Table 1: with the exact $\epsilon^\star$, fresh noise
+# only adds error (exercise 3). Where $\eta = 1$ wins, it likely corrects a network's errors
+# (section 8).
 
 # %% [markdown]
 # ## 8. Experiment: quality against steps, a trained digit model
 #
-# Now one DDPM trained once (as in chapter 01: linear schedule, $T = 1000$, $L_\text{simple}$),
-# sampled with every $(S, \eta)$ for $S \in \{10, 20\}$, the regime of the paper's claim, and with
-# $\eta \in \{0, 1\}$ at $S = 50, 100$ for ADM's rule (`GCG_SCALE` $\ge 2$ runs the full grid).
-# The score is the Fréchet distance on the features of a classifier trained on the real digits
-# ("FD (domain)", not comparable to published FIDs), against the test digits: 300 samples per
-# cell, all from the same $x_T$ (with 100, the FD's sampling noise was as large as the effect).
+# One DDPM trained as in chapter 01, sampled with every $(S, \eta)$ at $S \in \{10, 20\}$ and with
+# $\eta \in \{0, 1\}$ at $S = 50, 100$ (`GCG_SCALE` $\ge 2$: the full grid). The score is the
+# Fréchet distance on features of a digit classifier ("FD (domain)", not comparable to published
+# FIDs) against the test digits, 300 samples per cell from one shared $x_T$.
 
 # %%
 import dataclasses
@@ -527,20 +499,15 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# With few steps the stochastic sampler ($\eta = 1$) is the worst: each large step injects fresh
-# noise of variance $\tilde\beta$ that the few remaining steps cannot remove, while the
-# deterministic sampler only makes a discretisation error along a smooth path. That is the
-# *direction* of Table 1; it held for three training seeds while we prepared the chapter (FD at
-# $S = 10$ / $20$, $\eta = 0$ vs $\eta = 1$: 5.24 vs 5.44 / 5.24 vs 5.49, 5.29 vs 6.91 / 5.27 vs 6.37,
-# 5.63 vs 6.94 / 5.57 vs 6.69; the first seed is the one above).
+# With few steps $\eta = 1$ is the worst: each large step injects noise that the remaining steps
+# cannot remove, while $\eta = 0$ errs only along a smooth path. That is Table 1's *direction*,
+# and it held for three training seeds (FD at $S = 10$, $\eta = 0$ vs 1:
+# 5.24 vs 5.44, 5.29 vs 6.91, 5.63 vs 6.94).
 #
-# From 50 steps the order flips, as ADM's rule says: $\eta = 1$ wins at $S = 50$ and 100 (asserted
-# on this training seed only). That contradicts the paper's Table 1, where $\eta = 0$ stays ahead
-# at every $S$. Also **not** reproduced: the monotone order in $\eta$ (here $\eta = 0.5$ scored
-# best in all six comparisons at $S \le 20$; not asserted). Our 300-step model is far from
-# converged (real digits score well below 1 on this FD), and fresh noise corrects part of a weak
-# network's error, as it corrected the ODE's contraction on the toy. Absolute numbers are not
-# comparable to CIFAR-10 FIDs.
+# From 50 steps the order flips, as ADM's rule says, against Table 1 (asserted for this seed only).
+# **Not** reproduced: the monotone order in $\eta$ ($\eta = 0.5$ was best in all six comparisons at
+# $S \le 20$). The 300-step model is far from converged (real digits score well below 1); fresh
+# noise likely corrects part of its error.
 
 # %% tags=["nbval-ignore-output"]
 print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
@@ -552,23 +519,22 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
 # x_{t-1} = \sqrt{\bar\alpha_{t-1}}\, \hat x_0 + \sqrt{1 - \bar\alpha_{t-1} - \sigma_t^2}\ \epsilon_\theta(x_t, t) + \sigma_t z
 # $$
 #
-# Every $\sigma_t$ gives a process with DDPM's marginals, so one DDPM-trained network drives the
-# whole family: $\eta = 0$ is an ODE sampler that wins with few steps, $\eta = 1$ DDPM's
-# ancestral (SDE) sampler that wins with many. Chapter 04 adds a classifier's gradient to both.
+# Every $\sigma_t$ keeps DDPM's marginals, so one trained network drives the family: $\eta = 0$,
+# an ODE sampler, wins with few steps; with many, ADM prefers $\eta = 1$, DDPM's SDE sampler.
+# Chapter 04 adds a classifier's gradient to both.
 #
 # ```{admonition} Equation → gcg
-# - {eq}`ch03-q-sigma`, {eq}`ch03-sigma-eta` the non-Markovian process and $\eta$ → the `sigma` of `ddim_sample`
-# - {eq}`ch03-ddim-step` the DDIM update → `ddim_sample`, `ddim_sample_loop`
-# - sub-sequences $\tau$ → `space_timesteps("ddimS")`, `GaussianDiffusion.respace`
-# - {eq}`ch03-euler` the ODE, inversion → `ddim_reverse_sample`, `ddim_reverse_sample_loop`
-# - {eq}`ch03-sde-ancestral` the score-SDE step → `p_sample` with `model_var_type="fixed_large"`
+# - {eq}`ch03-q-sigma`, {eq}`ch03-sigma-eta` → `sigma` in `ddim_sample`
+# - {eq}`ch03-ddim-step` → `ddim_sample`, `ddim_sample_loop`
+# - sub-sequences $\tau$ → `respace("ddimS")`
+# - {eq}`ch03-euler`, inversion → `ddim_reverse_sample_loop`
+# - {eq}`ch03-sde-ancestral` → `p_sample`, `model_var_type="fixed_large"`
 # ```
 #
 # ## Exercises
 #
-# 1. **Marginals.** Redo the induction of section 1 for a general $\sigma_t$ with
-#    $\sigma_t^2 > 1 - \bar\alpha_{t-1}$. What breaks, and what is the largest admissible $\eta$
-#    at each step?
+# 1. **Marginals.** Redo section 1's induction with $\sigma_t^2 > 1 - \bar\alpha_{t-1}$. What
+#    breaks, and what is the largest admissible $\eta$ at each step?
 #
 #    ```{admonition} Hint
 #    :class: dropdown
@@ -577,15 +543,14 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
 #
 #    ```{admonition} Solution
 #    :class: dropdown
-#    The coefficient $\sqrt{1 - \bar\alpha_{t-1} - \sigma_t^2}$ is not real: the noise $\sigma_t z$
-#    alone exceeds the variance $1 - \bar\alpha_{t-1}$. With {eq}`ch03-sigma-eta`,
+#    $\sqrt{1 - \bar\alpha_{t-1} - \sigma_t^2}$ is not real: $\sigma_t z$ alone exceeds the
+#    variance $1 - \bar\alpha_{t-1}$. With {eq}`ch03-sigma-eta`,
 #    $\sigma_t(\eta)^2 \le 1 - \bar\alpha_{t-1}$ reads $\eta^2 \le (1 - \bar\alpha_t) / (1 - \bar\alpha_t /
 #    \bar\alpha_{t-1})$: always at least 1, equal to 1 at the first step ($\bar\alpha_0 = 1$).
-#    (`ddim_sample` clamps the radicand at 0.)
 #    ```
 #
-# 2. **The ODE.** Derive {eq}`ch03-euler` from {eq}`ch03-ddim-step`, and show that as the step
-#    size goes to zero it becomes the probability-flow ODE $dx/dt = f(t)x - \frac12 g(t)^2
+# 2. **The ODE.** Derive {eq}`ch03-euler` from {eq}`ch03-ddim-step`, and show that for vanishing
+#    steps it becomes the probability-flow ODE $dx/dt = f(t)x - \frac12 g(t)^2
 #    \nabla_x \log q_t(x)$ of the variance-preserving SDE of section 6.
 #
 #    ```{admonition} Hint
@@ -603,35 +568,35 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
 #    $f = -\tfrac12 \beta$, $g^2 = \beta$.
 #    ```
 #
-# 3. **Narrow modes.** On the toy, measure the standard deviation of the samples around their
-#    nearest component mean for $\eta \in \{0, 1\}$ and $S \in \{10, 50, 1000\}$ (true value 0.12).
-#    Which sampler under-spreads, and how does that explain the flip of section 7 from 50 steps?
-#    (Seconds.)
+# 3. **Narrow modes.** Sample each toy class and measure its standard deviation around the
+#    component mean for $\eta \in \{0, 1\}$, $S \in \{10, 50, 1000\}$ (true: 0.12). Which sampler
+#    under-spreads more? Redo section 7 with 20,000 samples and two seeds: which orders survive?
+#    (About a minute on a 2-core CPU.)
 #
 #    ```{admonition} Hint
 #    :class: dropdown
-#    `torch.cdist(xs, toy.means.float()).argmin(1)` assigns each sample a component; the residuals
-#    `xs - toy.means[k]` have standard deviation 0.12 per coordinate for exact samples.
+#    `model_kwargs={"y": y}` draws class `y`; take the standard deviation of `xs - toy.means[y]`.
+#    For the table, change the two 3,000s and the seeds.
 #    ```
 #
-# 4. **Inversion of real digits.** Encode test digits with `ddim_reverse_sample_loop` on the
-#    trained model and decode them back at $S = 10, 50, 200$. How does the reconstruction error
-#    compare with the toy's? (About a minute on a 2-core CPU for 64 digits.)
+# 4. **Inverting digits.** Encode 64 test digits with `ddim_reverse_sample_loop` on the trained
+#    model and decode them at $S = 10, 50, 200$. How does the error compare with the toy's? (About
+#    a minute on a 2-core CPU.)
 #
 #    ```{admonition} Hint
 #    :class: dropdown
-#    Use `run.diffusion.respace(f"ddim{S}")`, so that the model sees the original timesteps, and
-#    `clip_denoised=False` in both directions: clipping $\hat x_0$ breaks invertibility.
+#    Use `run.diffusion.respace(f"ddim{S}")` (the model sees the original timesteps) and
+#    `clip_denoised=False` both ways: clipping $\hat x_0$ breaks invertibility.
 #    ```
 #
-# 5. **$\hat\sigma$.** The paper's last row, $\hat\sigma_t = \sqrt{\beta_t}$ (the larger DDPM
-#    variance), is much worse at few steps. Add it to section 8 with
-#    `GaussianDiffusion(..., model_var_type="fixed_large")` and `p_sample_loop` on the respaced
-#    chain, and explain the result. (About 30 s on a 2-core CPU at $S = 10, 20$.)
+# 5. **$\hat\sigma$.** The paper's last row, $\hat\sigma_t = \sqrt{\beta_t}$ (DDPM's larger
+#    variance), is much worse at few steps. Add it to section 8 (`model_var_type="fixed_large"`,
+#    `p_sample_loop` on the respaced chain) and explain. (About 30 s on a 2-core CPU at
+#    $S = 10, 20$.)
 #
 #    ```{admonition} Hint
 #    :class: dropdown
-#    On a respaced chain $\beta$ of a step is $1 - \bar\alpha_{\tau_i} / \bar\alpha_{\tau_{i-1}}$.
-#    Compare it with $\sigma_t(1)^2$ of {eq}`ch03-sigma-eta` at $S = 10$: how much more noise
-#    does each step add, and can the few remaining steps remove it?
+#    A respaced step's $\beta$ is $1 - \bar\alpha_{\tau_i} / \bar\alpha_{\tau_{i-1}}$. Compare it
+#    with $\sigma_t(1)^2$ of {eq}`ch03-sigma-eta` at $S = 10$: can the remaining steps remove the
+#    extra noise?
 #    ```
