@@ -11,7 +11,8 @@ Python values only, so ``torch.load(path, weights_only=True)`` reads it without 
   "integrity"        {"algorithm": "sha256", "tensors": {path: digest}, "values": digest}: a SHA-256
                      of every tensor's bytes and one of everything else, checked by ``load_checkpoint``
 An EMA-only export for sharing weights (``python -m gcg.export``) is a directory holding
-``model.safetensors`` and ``config.json``; ``load_model`` reads both kinds.
+``model.safetensors`` and ``config.json``; ``load_model`` reads both kinds (``load_cascade_stage``: as
+a stage of a ``gcg.cascade.Cascade``).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from gcg.cascade import CascadeStage
 from gcg.diffusion import DiffusionConfig
 from gcg.nn import config_from_dict, create_model, load_state_dict_checked
 
@@ -320,6 +322,17 @@ def load_model(path, use_ema: bool = True, ema_rate: float | None = None, device
     model.to(device).eval()
     diffusion = build_diffusion(diffusion_cfg) if diffusion_cfg else None
     return model, diffusion
+
+
+def load_cascade_stage(path, use_ema: bool = True, device="cpu", **stage_kwargs) -> CascadeStage:
+    """A `gcg.cascade.CascadeStage` whose model and diffusion come from a checkpoint or export
+    (`load_model`). ``shape`` defaults to the model's: (C, size, size), or (D,) for an MLP of the
+    toys; the other keywords go to `CascadeStage` (sampler, steps, aug_level, mode, ...)."""
+    model, diffusion = load_model(path, use_ema=use_ema, device=device)
+    if "shape" not in stage_kwargs:
+        cfg = model.config
+        stage_kwargs["shape"] = (cfg.dim,) if cfg.kind == "mlp" else (cfg.in_channels, cfg.image_size, cfg.image_size)
+    return CascadeStage(model=model, diffusion=diffusion, **stage_kwargs)
 
 
 # ----------------------------------------------------------------------------- old files
