@@ -25,6 +25,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gcg.cascade import CascadeStage
@@ -338,7 +339,6 @@ def load_cascade_stage(path, use_ema: bool = True, device="cpu", **stage_kwargs)
 # ----------------------------------------------------------------------------- old files
 def upgrade_payload(payload: dict) -> dict:
     """A format-1 checkpoint (numpy RNG state pickled as numpy objects) -> plain values."""
-    import numpy as np
 
     def convert(obj):
         if isinstance(obj, dict):

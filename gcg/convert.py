@@ -17,6 +17,7 @@ import re
 
 import torch
 
+from gcg.checkpoint import pickle_text
 from gcg.nn import config_from_dict, create_model, get_preset
 from gcg.nn.config import check_state_dict
 
@@ -183,8 +184,6 @@ def convert_attention_order(state_dict, config, new_order=True):
 def _read_state_dict(path, stem, map_location):
     """``torch.load(path, weights_only=True)`` of a released state dict; one-line errors for a
     truncated file, a gcg checkpoint (any format) and anything that is not a dict of tensors."""
-    from gcg.checkpoint import pickle_text
-
     gcg_hint = (f"{path!r} is a gcg training checkpoint, not an OpenAI release: load it with "
                 f"gcg.checkpoint.load_model({path!r})")
     try:
