@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from gcg.diffusion import SAMPLERS
 from gcg.images import downsample  # area (box) downsampling
 from gcg.losses import normal_kl
+from gcg.schedules import get_named_beta_schedule
 
 AUGMENTS = ("gaussian", "blur", "none")
 MODES = ("non_truncated", "truncated")
@@ -81,8 +82,6 @@ def aug_alphas_cumprod(diffusion=None) -> torch.Tensor:
     None for DDPM's linear schedule with T = 1000 (Ho et al. 2020 §4).
     """
     if diffusion is None:
-        from gcg.schedules import get_named_beta_schedule
-
         return torch.cumprod(1.0 - get_named_beta_schedule("linear", 1000), dim=0)
     if not hasattr(diffusion, "original_betas"):
         raise TypeError(f"expected a GaussianDiffusion for the augmentation process, got {type(diffusion).__name__}")
@@ -353,19 +352,6 @@ class CascadeStage:
         if len(tuple(self.shape)) == 0:
             raise ValueError(f"shape must be (C, H, W) (or (D,) for toy data), got {self.shape}")
         self.shape = tuple(int(v) for v in self.shape)
-
-    @classmethod
-    def from_checkpoint(cls, path, use_ema: bool = True, device="cpu", **kwargs) -> "CascadeStage":
-        """A stage from a ``gcg.checkpoint`` file; shape defaults to the model's (C, size, size)."""
-        from gcg.checkpoint import load_model
-
-        model, diffusion = load_model(path, use_ema=use_ema, device=device)
-        if "shape" not in kwargs:
-            cfg = getattr(model, "config", None)
-            if cfg is None:
-                raise ValueError(f"cannot read the image shape of the model in {path}; pass shape=(C, H, W)")
-            kwargs["shape"] = (cfg.in_channels, cfg.image_size, cfg.image_size)
-        return cls(model=model, diffusion=diffusion, **kwargs)
 
     def sampling_diffusion(self):
         """The (respaced) diffusion the sampler walks."""

@@ -11,7 +11,8 @@ Python values only, so ``torch.load(path, weights_only=True)`` reads it without 
   "integrity"        {"algorithm": "sha256", "tensors": {path: digest}, "values": digest}: a SHA-256
                      of every tensor's bytes and one of everything else, checked by ``load_checkpoint``
 An EMA-only export for sharing weights (``python -m gcg.export``) is a directory holding
-``model.safetensors`` and ``config.json``; ``load_model`` reads both kinds.
+``model.safetensors`` and ``config.json``; ``load_model`` reads both kinds (``load_cascade_stage``: as
+a stage of a ``gcg.cascade.Cascade``).
 """
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from gcg.cascade import CascadeStage
 from gcg.diffusion import DiffusionConfig
 from gcg.nn import config_from_dict, create_model, load_state_dict_checked
 
@@ -322,10 +325,20 @@ def load_model(path, use_ema: bool = True, ema_rate: float | None = None, device
     return model, diffusion
 
 
+def load_cascade_stage(path, use_ema: bool = True, device="cpu", **stage_kwargs) -> CascadeStage:
+    """A `gcg.cascade.CascadeStage` whose model and diffusion come from a checkpoint or export
+    (`load_model`). ``shape`` defaults to the model's: (C, size, size), or (D,) for an MLP of the
+    toys; the other keywords go to `CascadeStage` (sampler, steps, aug_level, mode, ...)."""
+    model, diffusion = load_model(path, use_ema=use_ema, device=device)
+    if "shape" not in stage_kwargs:
+        cfg = model.config
+        stage_kwargs["shape"] = (cfg.dim,) if cfg.kind == "mlp" else (cfg.in_channels, cfg.image_size, cfg.image_size)
+    return CascadeStage(model=model, diffusion=diffusion, **stage_kwargs)
+
+
 # ----------------------------------------------------------------------------- old files
 def upgrade_payload(payload: dict) -> dict:
     """A format-1 checkpoint (numpy RNG state pickled as numpy objects) -> plain values."""
-    import numpy as np
 
     def convert(obj):
         if isinstance(obj, dict):

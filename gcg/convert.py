@@ -17,7 +17,9 @@ import re
 
 import torch
 
+from gcg.checkpoint import pickle_text
 from gcg.nn import config_from_dict, create_model, get_preset
+from gcg.nn.config import check_state_dict
 
 OPENAI_MODELS = (
     "64x64_diffusion", "128x128_diffusion", "256x256_diffusion", "256x256_diffusion_uncond", "512x512_diffusion",
@@ -124,24 +126,9 @@ def reference_key_map(config):
 
 def _translate(state_dict, key_map, shapes, source):
     """Rename ``state_dict`` by ``key_map`` (source key -> target key), checking keys and shapes."""
-    for src, dst in key_map.items():
-        if src not in state_dict:
-            raise ValueError(
-                f"{source} state dict is missing tensor {src!r} (expected shape {shapes[dst]}); "
-                f"it does not match this config"
-            )
-        got = tuple(state_dict[src].shape)
-        if got != shapes[dst]:
-            raise ValueError(
-                f"tensor {src!r} has shape {got} in the {source} state dict but the config expects "
-                f"{shapes[dst]}; it does not match this config"
-            )
-    extra = [k for k in state_dict if k not in key_map]
-    if extra:
-        raise ValueError(
-            f"{source} state dict has tensor {extra[0]!r} (shape {tuple(state_dict[extra[0]].shape)}) that this "
-            f"config does not have; check the preset flags (e.g. learn_sigma, num_classes, resblock_updown)"
-        )
+    check_state_dict(state_dict, {src: shapes[dst] for src, dst in key_map.items()}, what=f"{source} state dict",
+                     fix="it does not match this config: check the preset flags (e.g. learn_sigma, num_classes, "
+                         "resblock_updown)")
     return {dst: state_dict[src] for src, dst in key_map.items()}
 
 
@@ -197,8 +184,6 @@ def convert_attention_order(state_dict, config, new_order=True):
 def _read_state_dict(path, stem, map_location):
     """``torch.load(path, weights_only=True)`` of a released state dict; one-line errors for a
     truncated file, a gcg checkpoint (any format) and anything that is not a dict of tensors."""
-    from gcg.checkpoint import pickle_text
-
     gcg_hint = (f"{path!r} is a gcg training checkpoint, not an OpenAI release: load it with "
                 f"gcg.checkpoint.load_model({path!r})")
     try:

@@ -9,7 +9,7 @@ by default:
                              "diffusion_config", "weights": "model.safetensors", "sha256": of that
                              file, "ema_rate" (null = raw weights), "step", "source"}
 ``gcg.checkpoint.load_model(OUT_DIR)`` rebuilds ``(model, diffusion)`` from it (``gcg.sample`` and
-``CascadeStage.from_checkpoint`` go through it too).
+``gcg.checkpoint.load_cascade_stage`` go through it too).
 """
 from __future__ import annotations
 

@@ -21,10 +21,11 @@ from gcg.cascade import (
     sample_stage,
     super_res_kwargs,
 )
-from gcg.checkpoint import save_checkpoint
+from gcg.checkpoint import load_cascade_stage, save_checkpoint
 from gcg.diffusion import DiffusionConfig, GaussianDiffusion
 from gcg.guidance import classifier_cond_fn
 from gcg.nn.config import create_model, get_preset
+from gcg.nn.mlp import MLPConfig
 from gcg.schedules import get_named_beta_schedule
 from gcg.toy import GaussianMixture
 
@@ -480,12 +481,26 @@ def test_a_stage_loads_from_a_training_checkpoint(tmp_path):
     diffusion_config = DiffusionConfig(noise_schedule="cosine", steps=100, model_var_type="learned_range")
     save_checkpoint(tmp_path / "sr.pt", {"model_config": model.config.to_dict(), "model": model.state_dict(),
                                          "ema": {0.999: ema}, "diffusion_config": diffusion_config.to_dict()})
-    stage = CascadeStage.from_checkpoint(tmp_path / "sr.pt", steps="ddim5", sampler="ddim", aug_level=40)
+    stage = load_cascade_stage(tmp_path / "sr.pt", steps="ddim5", sampler="ddim", aug_level=40)
     assert stage.shape == (1, 16, 16) and stage.diffusion.num_timesteps == 100
+    assert (stage.sampler, stage.steps, stage.aug_level) == ("ddim", "ddim5", 40)
     torch.testing.assert_close(stage.model.state_dict()["out_conv.bias"], ema["out_conv.bias"])  # EMA weights
+    raw = load_cascade_stage(tmp_path / "sr.pt", use_ema=False, shape=(1, 16, 16))
+    torch.testing.assert_close(raw.model.state_dict()["out_conv.bias"], model.state_dict()["out_conv.bias"])
     base = CascadeStage(_zeros_model, _diffusion(100, "cosine"), (1, 8, 8), steps="5")
     out = Cascade([base, stage]).sample(2, y=torch.tensor([0, 1]), generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 1, 16, 16) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="mode='truncated' needs aug_level"):  # CascadeStage checks the keywords
+        load_cascade_stage(tmp_path / "sr.pt", mode="truncated")
+
+
+def test_a_toy_stage_loads_with_the_vector_shape(tmp_path):
+    mlp = create_model(MLPConfig(dim=2, hidden=16, depth=1))
+    save_checkpoint(tmp_path / "toy.pt", {"model_config": mlp.config.to_dict(), "model": mlp.state_dict(),
+                                          "diffusion_config": DiffusionConfig(steps=50).to_dict()})
+    stage = load_cascade_stage(tmp_path / "toy.pt", steps="5")
+    assert stage.shape == (2,)
+    assert Cascade([stage]).sample(3, generator=torch.Generator().manual_seed(0)).shape == (3, 2)
 
 
 def test_cascade_forwards_cond_at_to_a_ddpm_base_stage():

@@ -261,12 +261,16 @@ def test_mismatched_state_dicts_raise_naming_the_tensor():
     cfg = CONFIGS["biggan_new_order_classes"]
     ref_state = random_reference_state(cfg)
     bad = dict(ref_state, **{"out.2.weight": torch.zeros(3, 32, 3, 3)})
-    with pytest.raises(ValueError, match=r"'out.2.weight' has shape \(3, 32, 3, 3\).*expects \(6, 32, 3, 3\)"):
+    fix = r"it does not match this config: check the preset flags \(e.g. learn_sigma, num_classes, resblock_updown\)$"
+    with pytest.raises(ValueError, match=r"^tensor 'out.2.weight' has shape \(3, 32, 3, 3\) in the reference-layout "
+                                         r"state dict but the model expects \(6, 32, 3, 3\); " + fix):
         openai_to_gcg(bad, cfg)
     missing = {k: v for k, v in ref_state.items() if k != "label_emb.weight"}
-    with pytest.raises(ValueError, match=r"missing tensor 'label_emb.weight' \(expected shape \(5, 128\)\)"):
+    with pytest.raises(ValueError, match=r"^reference-layout state dict is missing tensor 'label_emb.weight' "
+                                         r"\(model expects shape \(5, 128\)\); " + fix):
         openai_to_gcg(missing, cfg)
-    with pytest.raises(ValueError, match="has tensor 'input_blocks.99.0.op.weight'"):
+    with pytest.raises(ValueError, match=r"^reference-layout state dict has unexpected tensor "
+                                         r"'input_blocks.99.0.op.weight' \(shape \(1,\)\) that the model does not have; " + fix):
         openai_to_gcg({**ref_state, "input_blocks.99.0.op.weight": torch.zeros(1)}, cfg)
     gcg_state = create_model(cfg).state_dict()
     del gcg_state["time_embed.linear_1.bias"]

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from gcg import data
-from gcg.data import (DataError, ImageFolderDataset, ImageNet64Npz, PhotoPatches, TensorImageDataset,
+from gcg.data import (DataError, DataUnavailable, ImageFolderDataset, ImageNet64Npz, PhotoPatches, TensorImageDataset,
                       ToyDataset, center_crop_arr, downsample, load_digits_dataset, make_dataset,
                       make_loader)
 
@@ -94,18 +94,19 @@ def test_imagenet_npz_image_size_downsamples_and_flip_mirrors(imagenet_dir):
 
 
 def test_imagenet_missing_directory_and_files_messages(tmp_path):
-    with pytest.raises(DataError, match=r"does not exist.*train_data_batch_1\.npz.*image-net\.org"):
+    with pytest.raises(DataUnavailable, match=r"does not exist.*train_data_batch_1\.npz.*image-net\.org"):
         ImageNet64Npz(tmp_path / "nope")
-    with pytest.raises(DataError, match=r"not found in .*expected train_data_batch_1\.npz \.\.\. "
-                                        r"train_data_batch_10\.npz.*Downsampled ImageNet 64x64"):
+    with pytest.raises(DataUnavailable, match=r"not found in .*expected train_data_batch_1\.npz \.\.\. "
+                                              r"train_data_batch_10\.npz.*Downsampled ImageNet 64x64"):
         make_dataset("imagenet64", data_dir=str(tmp_path))
-    with pytest.raises(DataError, match=r"expected val_data\.npz"):
+    with pytest.raises(DataUnavailable, match=r"expected val_data\.npz"):
         ImageNet64Npz(tmp_path, split="val")
     (tmp_path / "n01440764").mkdir()
-    with pytest.raises(DataError, match="use 'imagenet64-folder'"):
+    with pytest.raises(DataUnavailable, match="use 'imagenet64-folder'"):
         ImageNet64Npz(tmp_path)
-    with pytest.raises(DataError, match="pass data_dir"):
+    with pytest.raises(DataError, match="pass data_dir") as info:
         make_dataset("imagenet64")
+    assert not isinstance(info.value, DataUnavailable)  # a missing argument, not missing files
 
 
 @pytest.mark.parametrize("contents, message", [
@@ -117,13 +118,14 @@ def test_imagenet_missing_directory_and_files_messages(tmp_path):
 ])
 def test_imagenet_malformed_batch_messages(tmp_path, contents, message):
     np.savez(tmp_path / "val_data.npz", **contents)
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(DataError, match=message) as info:
         ImageNet64Npz(tmp_path, split="val")
+    assert not isinstance(info.value, DataUnavailable)  # the file is there but malformed
 
 
 def test_imagenet_not_a_zip_message(tmp_path):
     (tmp_path / "val_data.npz").write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="not a readable .npz"):
+    with pytest.raises(DataUnavailable, match="not a readable .npz.*download it again"):
         ImageNet64Npz(tmp_path, split="val")
 
 
@@ -184,9 +186,9 @@ def test_image_folder_random_crop_is_seeded_by_epoch(tmp_path):
 
 
 def test_image_folder_error_messages(tmp_path):
-    with pytest.raises(DataError, match=r"does not exist: expected class sub-directories"):
+    with pytest.raises(DataUnavailable, match=r"does not exist: expected class sub-directories"):
         ImageFolderDataset(tmp_path / "missing", 8)
-    with pytest.raises(DataError, match=r"no images .* found in .*<class>_<name>\.png"):
+    with pytest.raises(DataUnavailable, match=r"no images .* found in .*<class>_<name>\.png"):
         ImageFolderDataset(tmp_path, 8)
     _save_png(str(tmp_path / "noprefix.png"), np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(DataError, match=r"noprefix\.png has no '<class>_' prefix"):
@@ -194,7 +196,7 @@ def test_image_folder_error_messages(tmp_path):
     unlabelled = ImageFolderDataset(tmp_path, 8, class_cond=False)
     assert unlabelled.labels.tolist() == [0] and unlabelled.num_classes == 1
     (tmp_path / "bad_1.png").write_bytes(b"garbage")
-    with pytest.raises(DataError, match=r"cannot read image .*bad_1\.png"):
+    with pytest.raises(DataUnavailable, match=r"cannot read image .*bad_1\.png"):
         ImageFolderDataset(tmp_path, 8, class_cond=False)[0]
 
 
@@ -233,10 +235,10 @@ def test_torchvision_without_internet_gives_a_clear_message(tmp_path, monkeypatc
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
-    with pytest.raises(DataError, match=r"could not download cifar10 into .*URLError.*offline set") as info:
+    with pytest.raises(DataUnavailable, match=r"could not download cifar10 into .*URLError.*offline set") as info:
         make_dataset("cifar10", data_dir=str(tmp_path))
     assert info.value.__cause__ is None and info.value.__suppress_context__  # no urllib trace
-    with pytest.raises(DataError, match=r"fashion-mnist not found in .* download=False"):
+    with pytest.raises(DataUnavailable, match=r"fashion-mnist not found in .* download=False"):
         make_dataset("fashion-mnist", data_dir=str(tmp_path), download=False)
 
 
@@ -337,6 +339,29 @@ def test_make_dataset_unknown_name_and_keyword():
                                             "fashion-mnist", "digits", "photo-patches", "glyphs", "toy-gmm"])
 
 
+# ------------------------------------------------------------------------------ errors
+
+
+def test_data_errors_are_one_hierarchy_of_value_errors():
+    """DataUnavailable (files missing or unreadable) is a DataError (bad input), a ValueError:
+    gcg.cli.run prints either as one line."""
+    import gcg
+
+    assert issubclass(DataUnavailable, DataError) and issubclass(DataError, ValueError)
+    assert gcg.DataError is DataError and data.DataUnavailable is DataUnavailable
+
+
+def test_a_missing_data_set_is_one_line_on_the_command_line(tmp_path, capsys):
+    from gcg import features
+
+    argv = ["--dataset", "imagenet64", "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "n.pt")]
+    assert features.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"gcg.features: error: data directory {tmp_path / 'nope'} does not exist")
+    assert err.rstrip().endswith(f"unzip them into {tmp_path / 'nope'}.")  # the fix
+
+
 # ------------------------------------------------------------------------------ loader
 
 
@@ -410,7 +435,7 @@ def test_loader_workers_match_single_process_and_drop_last_false():
 
 
 def test_loader_argument_errors():
-    with pytest.raises(ValueError, match="fewer than batch_size 8"):
+    with pytest.raises(DataError, match="fewer than batch_size 8.*lower the batch size"):
         make_loader(_indexed(10), 8, world_size=2)
-    with pytest.raises(ValueError, match=r"rank must lie in \[0, world_size\)"):
+    with pytest.raises(DataError, match=r"rank must lie in \[0, world_size\)"):
         make_loader(_indexed(10), 2, rank=2, world_size=2)

@@ -71,3 +71,70 @@ def test_the_maths_modules_do_not_import_io(name):
 def test_the_import_graph_is_read_correctly():
     assert "gcg.nn.config" in _top_level_imports("gcg.nn.unet")
     assert {"gcg.losses", "gcg.schedules"} <= _top_level_imports("gcg.diffusion")  # relative imports
+
+
+# ---------------------------------------------------------------- what importing a book module loads
+BOOK = MATHS + ["gcg.images", "gcg.nn", "gcg.metrics"]  # chapters 01-07: the maths, networks, metrics
+IO_PACKAGES = IO + ["gcg.training", "gcg.export"]
+# One fresh interpreter; before each import every gcg module is dropped from sys.modules, so each
+# book module is imported alone with everything it pulls in at run time (lazy exports included).
+_PROBE = """
+import importlib, json, sys
+loaded = {}
+for name in sys.argv[1:]:
+    for key in [k for k in sys.modules if k == "gcg" or k.startswith("gcg.")]:
+        del sys.modules[key]
+    importlib.import_module(name)
+    loaded[name] = sorted(k for k in sys.modules if k == "gcg" or k.startswith("gcg."))
+print(json.dumps(loaded))
+"""
+
+
+@pytest.fixture(scope="module")
+def gcg_modules_loaded_by():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", _PROBE, *BOOK], capture_output=True, text=True, env=env,
+                          cwd=PACKAGE.parent, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("name", BOOK)
+def test_importing_a_book_module_loads_no_io(name, gcg_modules_loaded_by):
+    loaded = gcg_modules_loaded_by[name]
+    assert name in loaded  # the probe imported it
+    io = [m for m in loaded if any(m == p or m.startswith(p + ".") for p in IO_PACKAGES)]
+    assert not io, f"import {name} loads {io}: the book's modules must not depend on files, data sets or CLIs"
+
+
+def _imports_anywhere(name):
+    """The modules that module ``name`` imports anywhere in its file, inside functions too."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                prefix = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{prefix}.{base}" if base else prefix
+            found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return found
+
+
+# the command line of the toys (python -m gcg.toy) lives in gcg/toy.py and uses gcg.cli's error path
+IO_INSIDE_FUNCTIONS_ALLOWED = {("gcg.toy", "gcg.cli")}
+
+
+@pytest.mark.parametrize("name", sorted(m for m in MODULES if any(m == b or m.startswith(b + ".") for b in BOOK)))
+def test_the_book_modules_import_no_io_even_inside_functions(name):
+    io = {p for m in _imports_anywhere(name) for p in IO_PACKAGES if m == p or m.startswith(p + ".")}
+    io = sorted(p for p in io if (name, p) not in IO_INSIDE_FUNCTIONS_ALLOWED)
+    assert not io, f"{name} imports {io}; loading files belongs to gcg.checkpoint / gcg.data / the CLIs"

@@ -267,28 +267,29 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 
 
+def check_state_dict(state_dict, shapes, what: str = "state dict",
+                     fix: str = "the checkpoint was written for a different config") -> None:
+    """Raise a ValueError naming the first tensor of ``state_dict`` that is missing, of the wrong
+    shape, or unexpected, given ``shapes`` (name -> expected shape); the message ends with ``fix``.
+    ``what`` names the state dict in the message ("gcg state dict", ...)."""
+    for key, shape in shapes.items():
+        shape = tuple(shape)
+        if key not in state_dict:
+            raise ValueError(f"{what} is missing tensor {key!r} (model expects shape {shape}); {fix}")
+        got = tuple(state_dict[key].shape)
+        if got != shape:
+            raise ValueError(f"tensor {key!r} has shape {got} in the {what} but the model expects {shape}; {fix}")
+    extra = [k for k in state_dict if k not in shapes]
+    if extra:
+        raise ValueError(f"{what} has unexpected tensor {extra[0]!r} (shape {tuple(state_dict[extra[0]].shape)}) "
+                         f"that the model does not have; {fix}")
+
+
 def load_state_dict_checked(model, state_dict):
     """``model.load_state_dict(state_dict)`` that fails with a ValueError naming the first
-    mismatched tensor (missing, unexpected, or of the wrong shape) and both shapes."""
-    expected = model.state_dict()
-    for key, tensor in expected.items():
-        if key not in state_dict:
-            raise ValueError(
-                f"state dict is missing tensor {key!r} (model expects shape {tuple(tensor.shape)}); "
-                f"the checkpoint was written for a different config"
-            )
-        got = tuple(state_dict[key].shape)
-        if got != tuple(tensor.shape):
-            raise ValueError(
-                f"tensor {key!r} has shape {got} in the state dict but the model expects "
-                f"{tuple(tensor.shape)}; the checkpoint does not match this config"
-            )
-    extra = [k for k in state_dict if k not in expected]
-    if extra:
-        raise ValueError(
-            f"state dict has unexpected tensor {extra[0]!r} (shape {tuple(state_dict[extra[0]].shape)}) "
-            f"that the model does not have; the checkpoint was written for a different config"
-        )
+    mismatched tensor (missing, unexpected, or of the wrong shape) and both shapes
+    (`check_state_dict`)."""
+    check_state_dict(state_dict, {key: tensor.shape for key, tensor in model.state_dict().items()})
     model.load_state_dict(state_dict)
     return model
 
