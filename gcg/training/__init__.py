@@ -1,4 +1,4 @@
-"""The trainer, in the order a run uses it (``python -m gcg.train`` is the command line around it).
+"""The trainer, one concern per module (``python -m gcg.train`` is its command line).
 
   config     `TrainConfig`, its checks, the rules that fit network / diffusion to the data,
              which fields a resumed run may change
@@ -12,40 +12,7 @@
   signals    SIGINT / SIGTERM: finish the step, save, stop on every rank
   loop       `train(config)`, top to bottom
 
-Imports run one way, top of this list to bottom; nothing here imports the command line.
-The names below are imported lazily (``from gcg.training import train``).
+Each module imports only those above it in this list, and nothing here imports the command line
+(tests/test_layering.py). Import from the modules: ``from gcg.training.loop import train``
+(``gcg.train`` re-exports the trainer's names too).
 """
-
-from importlib import import_module
-
-# public name -> module that defines it
-_EXPORTS = {
-    "TrainConfig": "gcg.training.config",
-    "build_model_config": "gcg.training.config",
-    "diffusion_config": "gcg.training.config",
-    "RESUMABLE_FIELDS": "gcg.training.config",
-    "PRESETS": "gcg.training.presets",
-    "get_preset": "gcg.training.presets",
-    "apply_overrides": "gcg.training.overrides",
-    "load_config_file": "gcg.training.overrides",
-    "TrainState": "gcg.training.state",
-    "setup": "gcg.training.build",
-    "train_step": "gcg.training.step",
-    "update_ema": "gcg.training.step",
-    "TrainResult": "gcg.training.loop",
-    "train": "gcg.training.loop",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'gcg.training' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from gcg import dist
-from gcg.images import downsample
 from gcg.sample import generate, save_grid
 from gcg.schedules import space_timesteps
 from gcg.training.state import TrainState
@@ -171,16 +170,7 @@ def write_sample_grid(state: TrainState, dataset, path: Path, budget: int | None
             print(f"gcg.train: {path.name}: {n} images x {sampling_steps(spec, state.diffusion.num_timesteps)}"
                   f" steps, scaled to this short run (configured: {cfg.num_sample_images} x "
                   f"{cfg.sample_steps})", file=sys.stderr)
-    labels = None
-    if state.model_config.num_classes is not None:
-        labels = torch.arange(n, device=state.info.device) % state.model_config.num_classes
-    low_res = None
-    if cfg.task == "super_res":
-        reference = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(min(n, len(dataset)))])
-        low_res = downsample(reference, cfg.low_res_size).to(state.info.device)
-        labels = None if labels is None else torch.as_tensor(
-            [int(dataset[i][1]) for i in range(len(reference))], device=state.info.device)
-        n = len(reference)
+    n, labels, low_res = state.task.grid_conditioning(state, dataset, n)
     generator = torch.Generator(state.info.device).manual_seed(cfg.seed)
     images = generate(model, state.diffusion, n, state.data_shape, class_labels=labels,
                       timestep_respacing=spec, low_res=low_res,

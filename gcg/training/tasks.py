@@ -1,7 +1,8 @@
 """The three objectives the trainer optimises, one small class each (`TrainConfig.task`).
 
 A task says how t is drawn for a batch (`draw_t`), what the per-example losses are (`loss`),
-which per-example statistics the log keeps (`stats`), and whether the run makes sample grids.
+which per-example statistics the log keeps (`stats`), and whether the run makes sample grids
+(`makes_samples`) conditioned on what (`grid_conditioning`).
 Everything else (the noise, label dropout, accumulation, the optimizer and EMA step) is shared
 by `gcg.training.step.train_step`.
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from gcg.cascade import super_res_kwargs
+from gcg.images import downsample
 
 
 class DiffusionTask:
@@ -47,6 +49,14 @@ class DiffusionTask:
         if hasattr(state.schedule_sampler, "update_with_local_losses"):
             state.schedule_sampler.update_with_local_losses(t, losses)
 
+    def grid_conditioning(self, state, dataset, n: int):
+        """(n, class labels [n] or None, low_res or None) of a sample grid of n images: the
+        labels 0, 1, 2, ... in turn for a class-conditional model."""
+        labels = None
+        if state.model_config.num_classes is not None:
+            labels = torch.arange(n, device=state.info.device) % state.model_config.num_classes
+        return n, labels, None
+
 
 class SuperResTask(DiffusionTask):
     """A super-resolution stage: diffusion on x_0, conditioned on its augmented low-resolution copy."""
@@ -60,6 +70,17 @@ class SuperResTask(DiffusionTask):
         if kwargs.get("aug_level") is None:
             kwargs.pop("aug_level", None)
         return kwargs
+
+    def grid_conditioning(self, state, dataset, n: int):
+        """The first n (at most len(dataset)) training images, downsampled to `low_res_size`
+        [n, C, r, r], and their labels: the grid upsamples real low-resolution images."""
+        device = state.info.device
+        reference = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(min(n, len(dataset)))])
+        low_res = downsample(reference, state.config.low_res_size).to(device)
+        labels = None
+        if state.model_config.num_classes is not None:
+            labels = torch.as_tensor([int(dataset[i][1]) for i in range(len(reference))], device=device)
+        return len(reference), labels, low_res
 
 
 class ClassifierTask:
