@@ -33,7 +33,7 @@ from gcg.cli import (ArgumentParser, UsageError, add_threads_argument, check_dev
 from gcg.training.build import (DataUnavailable, compute_precision, make_data, make_schedule_sampler,
                                 precision_notice, setup)
 from gcg.training.config import (NETWORK_FIELDS, RESUMABLE_FIELDS, TrainConfig, build_model_config,
-                                 check_resume_config, data_properties, diffusion_config)
+                                 check_resume_config, data_properties, diffusion_config, validate)
 from gcg.training.loop import TrainResult, train
 from gcg.training.monitor import (MetricWindow, grid_budget, log_tensorboard, plot_loss_curve, sample_grid_plan,
                                   sampling_steps, tensorboard_available, tensorboard_writer, write_sample_grid)
@@ -50,7 +50,7 @@ __all__ = [  # the trainer's names, as imported from gcg.train before gcg.traini
     "current_lr", "data_properties", "diffusion_config", "ema_warmup_rate", "grid_budget", "log_tensorboard",
     "make_checkpoint", "make_data", "make_schedule_sampler", "plot_loss_curve", "precision_notice",
     "resolve_resume", "restore", "sample_grid_plan", "sampling_steps", "save", "setup", "tensorboard_available",
-    "tensorboard_writer", "train", "train_step", "update_ema", "write_sample_grid",
+    "tensorboard_writer", "train", "train_step", "update_ema", "validate", "write_sample_grid",
     # the command line
     "BUILT_IN_DATA", "build_parser", "check_before_training", "config_from_args", "interrupted_message", "main",
     "startup_summary",
