@@ -38,6 +38,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gcg.train as gcg_train  # noqa: E402
+import gcg.training.loop as training_loop  # noqa: E402
+import gcg.training.step as training_step  # noqa: E402
 from gcg.presets import apply_overrides, get_preset  # noqa: E402
 
 
@@ -49,8 +51,11 @@ def subnormal_count(tensors) -> int:
 def timed_run(config, rates: list[float], snapshots: list[int], out: Path) -> dict:
     """Train `config`, timing steps / loader / grids / saves, keeping and snapshotting shadow EMAs."""
     times = {"step": [], "step_cpu": [], "grid": [], "save": [], "subnormal_adam": []}
-    originals = {name: getattr(gcg_train, name) for name in
-                 ("train_step", "write_sample_grid", "save", "_optimizer_step")}
+    # each function is replaced where the trainer looks it up: the loop calls train_step,
+    # write_sample_grid and save; train_step calls _optimizer_step
+    homes = {"train_step": training_loop, "write_sample_grid": training_loop, "save": training_loop,
+             "_optimizer_step": training_step}
+    originals = {name: getattr(module, name) for name, module in homes.items()}
     shadows: dict[str, dict] = {}
 
     def optimizer_step(state):
@@ -83,16 +88,16 @@ def timed_run(config, rates: list[float], snapshots: list[int], out: Path) -> di
             return result
         return wrapper
 
-    gcg_train.train_step, gcg_train.write_sample_grid, gcg_train.save = (
+    training_loop.train_step, training_loop.write_sample_grid, training_loop.save = (
         wrap("train_step", "step"), wrap("write_sample_grid", "grid"), wrap("save", "save"))
-    gcg_train._optimizer_step = optimizer_step
+    training_step._optimizer_step = optimizer_step
     try:
         t0 = time.perf_counter()
         gcg_train.train(config, progress=False)
         total = time.perf_counter() - t0
     finally:
         for name, fn in originals.items():
-            setattr(gcg_train, name, fn)
+            setattr(homes[name], name, fn)
     steps, cpu = times["step"], times["step_cpu"]
 
     def per_100(xs):

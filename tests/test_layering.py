@@ -1,4 +1,5 @@
-"""The package's layers: module-level imports form no cycle, and the book's maths never imports I/O."""
+"""The package's layers: module-level imports form no cycle, the book's maths never imports I/O,
+and the trainer (gcg.training) is layered below its command line."""
 
 import ast
 from pathlib import Path
@@ -11,7 +12,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gcg"
 MATHS = ["gcg.schedules", "gcg.losses", "gcg.diffusion", "gcg.resample", "gcg.guidance", "gcg.cascade", "gcg.toy"]
 # files, data sets, processes and command lines
 IO = ["gcg.cli", "gcg.data", "gcg.train", "gcg.sample", "gcg.checkpoint", "gcg.presets", "gcg.evaluate", "gcg.dist",
-      "gcg.inception", "gcg.features", "gcg.convert"]
+      "gcg.inception", "gcg.features", "gcg.convert", "gcg.training"]
+# the trainer's modules in the order of gcg/training/__init__.py: each imports only those before it
+TRAINING = ["gcg.training.config", "gcg.training.presets", "gcg.training.overrides", "gcg.training.tasks",
+            "gcg.training.state", "gcg.training.build", "gcg.training.step", "gcg.training.monitor",
+            "gcg.training.signals", "gcg.training.loop"]
+# imports allowed inside functions of the trainer: optional or heavy packages a run may not need
+DEFERRED = {"matplotlib.figure", "torch.utils.tensorboard"}
 
 
 def _module_name(path):
@@ -20,6 +27,7 @@ def _module_name(path):
 
 
 MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+IO_MODULES = {m for m in MODULES if any(m == io or m.startswith(io + ".") for io in IO)}
 
 
 def _top_level_imports(name):
@@ -62,15 +70,59 @@ def test_module_level_imports_form_no_cycle():
         visit(name)
 
 
+def _reachable(name):
+    """Every gcg module that importing ``name`` loads at module level (transitively)."""
+    seen, todo = set(), [name]
+    while todo:
+        for child in _top_level_imports(todo.pop()):
+            if child not in seen:
+                seen.add(child)
+                todo.append(child)
+    return seen
+
+
 @pytest.mark.parametrize("name", MATHS)
 def test_the_maths_modules_do_not_import_io(name):
     imported = _top_level_imports(name)
-    assert not imported & set(IO), f"{name} imports {sorted(imported & set(IO))} at module level"
+    assert not imported & IO_MODULES, f"{name} imports {sorted(imported & IO_MODULES)} at module level"
+    loaded = _reachable(name)
+    assert not loaded & IO_MODULES, f"importing {name} loads {sorted(loaded & IO_MODULES)}"
+
+
+def test_training_modules_are_all_listed():
+    assert {m for m in MODULES if m.startswith("gcg.training.")} == set(TRAINING)
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_the_trainer_is_layered_and_imports_no_command_line(name):
+    loaded = _reachable(name)
+    assert not loaded & {"gcg.train", "gcg.cli"}, f"importing {name} loads {sorted(loaded & {'gcg.train', 'gcg.cli'})}"
+    later = set(TRAINING[TRAINING.index(name):])
+    assert not _top_level_imports(name) & later, f"{name} imports {sorted(_top_level_imports(name) & later)}"
+
+
+def _function_level_imports(name):
+    """The modules that ``name`` imports inside functions or classes (not at module level)."""
+    tree = ast.parse(MODULES[name].read_text())
+    top = set(map(id, tree.body))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top:
+            found |= {node.module} if isinstance(node, ast.ImportFrom) else {a.name for a in node.names}
+    return found
+
+
+@pytest.mark.parametrize("name", TRAINING + ["gcg.train", "gcg.presets"])
+def test_the_trainer_imports_inside_functions_only_optional_packages(name):
+    assert _function_level_imports(name) <= DEFERRED, sorted(_function_level_imports(name) - DEFERRED)
 
 
 def test_the_import_graph_is_read_correctly():
     assert "gcg.nn.config" in _top_level_imports("gcg.nn.unet")
     assert {"gcg.losses", "gcg.schedules"} <= _top_level_imports("gcg.diffusion")  # relative imports
+    assert {"gcg.training.config", "gcg.diffusion"} <= _reachable("gcg.training.state")
+    assert _function_level_imports("gcg.training.monitor") == DEFERRED
+    assert "gcg.cli" in _top_level_imports("gcg.train")
 
 
 # ---------------------------------------------------------------- what importing a book module loads

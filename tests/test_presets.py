@@ -127,3 +127,16 @@ def test_load_state_dict_checked_names_first_mismatch():
     load_state_dict_checked(other, state)
     for k, v in other.state_dict().items():
         assert torch.equal(v, state[k])
+
+
+def test_both_get_presets_name_the_bad_value_and_list_the_valid_ones():
+    """Network presets (gcg.nn) and training recipes (gcg.presets) refuse an unknown name alike:
+    ValueError (a one-line error on the command line), the name, then every valid one."""
+    from gcg.presets import PRESETS
+    from gcg.presets import get_preset as get_training_preset
+
+    for get, kind, valid in ((get_preset, "model preset", MODEL_PRESETS), (get_training_preset, "preset", PRESETS)):
+        with pytest.raises(ValueError) as info:
+            get("nope")
+        assert str(info.value) == f"unknown {kind} 'nope'; valid {kind}s: {', '.join(valid)}"
+        assert "\n" not in str(info.value)

@@ -445,3 +445,45 @@ def test_save_every_flag_and_its_check(tmp_path, capsys):
         validate(dataclasses.replace(get_preset("digits"), save_every=-1))
     assert get_preset("digits").save_every > 0 and all(  # the CPU presets save periodically
         c.save_every > 0 for c in PRESETS.values())
+
+
+@pytest.mark.parametrize("preset, task", [("digits", "DiffusionTask"), ("digits-classifier", "ClassifierTask"),
+                                          ("photo32-sr8", "SuperResTask")])
+def test_each_task_draws_its_t_and_returns_the_statistics_it_names(preset, task):
+    """`train_step` takes t and the per-example losses from the config's task (gcg.training.tasks)."""
+    from gcg.training import tasks
+
+    config = tiny(preset, batch_size=64, classifier_t_max=0.25)
+    state, dataset = setup(config)
+    assert type(state.task) is getattr(tasks, task)
+    x = torch.stack([torch.as_tensor(dataset[i % len(dataset)][0]) for i in range(64)])
+    y = torch.tensor([int(dataset[i % len(dataset)][1]) for i in range(64)])
+    stats = train_step(state, x, y)
+    per_example = set(stats) - {"t", "grad_norm", "skipped", "loss_scale"}
+    assert per_example and per_example <= set(state.task.stats)
+    assert all(stats[k].shape == (64,) for k in per_example)
+    if task == "ClassifierTask":  # t ~ U{0, ..., classifier_t_max * T - 1}, every example weighted 1
+        assert per_example == {"loss", "correct1", "correct5"} and not state.task.makes_samples
+        assert stats["t"].max() < 250 and stats["t"].min() >= 0
+    else:  # the schedule sampler's uniform t over all T
+        assert "mse" in per_example and state.task.makes_samples and stats["t"].max() >= 250
+
+
+def test_make_task_names_the_valid_tasks():
+    from gcg.training.tasks import make_task
+
+    with pytest.raises(ValueError, match="unknown task 'denoise'; valid tasks: diffusion, super_res, classifier"):
+        make_task("denoise")
+
+
+def test_gcg_train_still_exports_what_code_imported_from_it():
+    """The trainer moved into gcg.training; gcg.train re-exports the same objects."""
+    import gcg.train
+    from gcg.training import build, config, loop, state, step
+
+    for name in gcg.train.__all__:
+        assert hasattr(gcg.train, name), name
+    assert gcg.train.train is loop.train and gcg.train.setup is build.setup and gcg.train.save is state.save
+    assert gcg.train.RESUMABLE_FIELDS is config.RESUMABLE_FIELDS and gcg.train.update_ema is step.update_ema
+    for private in ("_losses", "_draw_global", "_optimizer_step"):  # shown by chapters 04 and 08
+        assert getattr(gcg.train, private) is getattr(step, private)

@@ -256,9 +256,10 @@ MODEL_PRESETS = {
 
 def get_preset(name):
     """A fresh copy of preset ``name`` (edit it freely; dataclasses.replace for variants); an
-    unknown name raises ValueError listing the valid ones."""
+    unknown name raises ValueError listing the valid ones (the same error as the training
+    presets' `gcg.training.presets.get_preset`)."""
     if name not in MODEL_PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; available: {sorted(MODEL_PRESETS)}")
+        raise ValueError(f"unknown model preset {name!r}; valid model presets: {', '.join(MODEL_PRESETS)}")
     return dataclasses.replace(MODEL_PRESETS[name])
 
 
