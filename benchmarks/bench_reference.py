@@ -16,8 +16,8 @@ Timed, alternating gcg and reference rounds (median of ``--repeats`` rounds):
     OMP_NUM_THREADS=1 python benchmarks/bench_reference.py --batch 2 --repeats 5
     python benchmarks/bench_reference.py --unet digits8_small --classifier digits8_classifier --batch 64
 
-Prints ms per call and the speed ratio reference time / gcg time (> 1: gcg is faster), and the
-largest relative difference of the two outputs (round-off only).
+Prints wall ms per call and the speed ratio reference time / gcg time (> 1: gcg is faster) in wall
+and in process CPU time, and the largest relative difference of the two outputs (round-off only).
 """
 
 import argparse
@@ -191,7 +191,8 @@ def classifier_grad(forward, x, y):
 
 
 def time_pair(fn_gcg, fn_ref, warmup, repeats):
-    """Median seconds of fn_gcg and fn_ref over ``repeats`` alternating rounds (after warm-up)."""
+    """{"gcg"/"ref": (median wall seconds, median process CPU seconds)} over ``repeats`` alternating
+    rounds after warm-up (at one thread, CPU time is the less contention-sensitive of the two)."""
     for _ in range(warmup):
         fn_gcg()
         fn_ref()
@@ -199,10 +200,10 @@ def time_pair(fn_gcg, fn_ref, warmup, repeats):
     for r in range(repeats):
         order = (("gcg", fn_gcg), ("ref", fn_ref)) if r % 2 == 0 else (("ref", fn_ref), ("gcg", fn_gcg))
         for key, fn in order:
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             fn()
-            times[key].append(time.perf_counter() - start)
-    return statistics.median(times["gcg"]), statistics.median(times["ref"])
+            times[key].append((time.perf_counter() - wall, time.process_time() - cpu))
+    return {k: tuple(statistics.median(col) for col in zip(*v)) for k, v in times.items()}
 
 
 def rel_diff(a, b):
@@ -225,7 +226,7 @@ def main(argv=None):
     attn_ckpt = args.ref_attention_checkpoint == "on"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {args.batch}, "
           f"median of {args.repeats} alternating rounds")
-    print(f"{'what':<44} {'gcg ms':>9} {'ref ms':>9} {'ref/gcg':>8} {'max rel diff':>13}")
+    print(f"{'what':<44} {'gcg ms':>9} {'ref ms':>9} {'ref/gcg':>8} {'CPU-time ref/gcg':>17} {'max rel diff':>13}")
     gen = torch.Generator().manual_seed(args.seed + 1)
     for kind, name in (("unet", args.unet), ("classifier", args.classifier)):
         if not name:
@@ -259,8 +260,10 @@ def main(argv=None):
                 return classifier_grad(lambda z: ref_forward(p, cfg, z, t, attn_ckpt=attn_ckpt), x, y)
             label = f"{name} input gradient"
         diff = rel_diff(run_gcg(), run_ref())
-        t_gcg, t_ref = time_pair(run_gcg, run_ref, args.warmup, args.repeats)
-        print(f"{label:<44} {1e3 * t_gcg:9.1f} {1e3 * t_ref:9.1f} {t_ref / t_gcg:8.3f} {diff:13.2e}", flush=True)
+        timing = time_pair(run_gcg, run_ref, args.warmup, args.repeats)
+        (wall_gcg, cpu_gcg), (wall_ref, cpu_ref) = timing["gcg"], timing["ref"]
+        print(f"{label:<44} {1e3 * wall_gcg:9.1f} {1e3 * wall_ref:9.1f} {wall_ref / wall_gcg:8.3f} "
+              f"{cpu_ref / cpu_gcg:17.3f} {diff:13.2e}", flush=True)
 
 
 if __name__ == "__main__":
