@@ -293,3 +293,64 @@ def test_channels_last_matches():
     ref = model(x, t)
     model = model.to(memory_format=torch.channels_last)
     torch.testing.assert_close(model(x.to(memory_format=torch.channels_last), t), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(use_scale_shift_norm=False, resblock_rescale=True)],
+                         ids=["adagn", "addnorm-rescale"])
+def test_in_place_fast_path_changes_no_value_or_gradient(overrides, monkeypatch):
+    """Without autograd the blocks run SiLU and the residual adds in place; with autograd they must
+    not overwrite a tensor a backward needs (autograd would raise): outputs and every gradient equal
+    those of the same blocks with out-of-place SiLU and adds."""
+    model = make(**overrides).eval()
+    x, t, _ = inputs(model.config)
+    x.requires_grad_(True)
+
+    def run():
+        with torch.no_grad():
+            fast = model(x, t)
+        out = model(x, t)
+        grads = torch.autograd.grad(out.square().sum(), [x, *model.parameters()])
+        return fast, out, grads
+
+    fast, out, grads = run()
+    torch.testing.assert_close(fast, out, rtol=0, atol=0)
+    monkeypatch.setattr(layers, "_silu_", F.silu)
+    monkeypatch.setattr("gcg.nn.unet._silu_", F.silu)
+    monkeypatch.setattr(layers, "_add_into", lambda a, b: b + a)
+    _, plain_out, plain_grads = run()
+    torch.testing.assert_close(out, plain_out, rtol=0, atol=0)
+    for g, plain in zip(grads, plain_grads):
+        torch.testing.assert_close(g, plain, rtol=1e-6, atol=1e-7)
+
+
+def test_benchmark_reference_forward_equals_gcg(capsys):
+    """benchmarks/bench_reference.py's reference-equivalent UNet and classifier (reference-named
+    weights) compute what gcg computes, so its speed ratios compare like with like; bad arguments
+    name the fix."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_reference.py"
+    spec = importlib.util.spec_from_file_location("bench_reference", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg, model = bench.randomised_model("tiny", 0)
+    x, t, kw = inputs(cfg)
+    p = bench.gcg_to_openai(model.state_dict(), cfg)
+    with torch.no_grad():
+        torch.testing.assert_close(bench.ref_forward(p, cfg, x, t, kw["y"]), model(x, t, **kw), atol=1e-5, rtol=1e-5)
+    qkv = torch.randn(2, 3 * 4 * 8, 10)
+    for new_order in (True, False):
+        torch.testing.assert_close(bench.ref_qkv_attention(qkv, 4, new_order),
+                                   attention_by_definition(qkv, 4, new_order), atol=1e-5, rtol=1e-5)
+    cfg, classifier = bench.randomised_model("tiny_classifier", 1)
+    p = bench.gcg_to_openai(classifier.state_dict(), cfg)
+    x = torch.randn(2, cfg.in_channels, cfg.image_size, cfg.image_size)
+    y = torch.tensor([0, 2])
+    torch.testing.assert_close(bench.classifier_grad(lambda z: bench.ref_forward(p, cfg, z, t), x, y),
+                               bench.classifier_grad(lambda z: classifier(z, t), x, y), atol=1e-5, rtol=1e-5)
+    for argv, message in ((["--batch", "0"], "--batch and --repeats must be >= 1"),
+                          (["--unet", "tiny_classifier", "--classifier", ""], "is a classifier preset; pick a unet")):
+        with pytest.raises(SystemExit):
+            bench.main(argv)
+        assert message in capsys.readouterr().err

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from gcg.nn.config import ClassifierConfig
-from gcg.nn.layers import AttentionPool2d, GroupNorm32, TimestepEmbedMLP, zero_module
+from gcg.nn.layers import AttentionPool2d, GroupNorm32, TimestepEmbedMLP, _silu_, zero_module
 from gcg.nn.unet import build_encoder
 
 
@@ -50,7 +50,7 @@ class EncoderUNetModel(nn.Module):
         h = self.input_conv(x)
         for block in self.down_blocks:
             h = block(h, emb)
-        h = torch.nn.functional.silu(self.out_norm(self.middle_block(h, emb)))
+        h = _silu_(self.out_norm(self.middle_block(h, emb)))
         if cfg.pool == "attention":
             return self.pool(h).float()
         return self.out_proj(h.mean(dim=(2, 3), keepdim=True)).flatten(1).float()

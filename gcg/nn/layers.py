@@ -4,6 +4,7 @@ Every block takes NCHW tensors. Normalisation and the timestep embedding run in 
 under ``torch.autocast`` (the paper trains in fp16; these are the precision-sensitive parts).
 """
 
+import contextlib
 import math
 
 import torch
@@ -14,10 +15,27 @@ from torch.utils.checkpoint import checkpoint
 NORM_GROUPS = 32  # GroupNorm(32, C) everywhere, as in the reference code
 
 
+def _autocast_device(x):
+    return x.device.type if x.device.type in ("cuda", "cpu", "xpu", "mps") else "cpu"
+
+
 def _autocast_off(x):
-    """A context that disables autocast for the device of ``x``."""
-    device_type = x.device.type if x.device.type in ("cuda", "cpu", "xpu", "mps") else "cpu"
+    """A context that disables autocast for the device of ``x`` (a no-op context when autocast is off)."""
+    device_type = _autocast_device(x)
+    if not torch.is_autocast_enabled(device_type):
+        return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, enabled=False)
+
+
+def _add_into(out, other):
+    """out + other, written into ``out`` when the dtypes agree (``out`` must be a fresh tensor that
+    no backward needs, e.g. a convolution's output)."""
+    return out.add_(other) if out.dtype == torch.promote_types(out.dtype, other.dtype) else other + out
+
+
+def _silu_(x):
+    """SiLU, in place when no gradient is recorded (saves a tensor-sized allocation while sampling)."""
+    return F.silu(x, inplace=not (torch.is_grad_enabled() and x.requires_grad))
 
 
 def timestep_embedding(timesteps, dim, max_period=10000):
@@ -67,6 +85,9 @@ class GroupNorm32(nn.GroupNorm):
         super().__init__(NORM_GROUPS, channels)
 
     def forward(self, x):
+        if (x.dtype == torch.float32 and self.weight.dtype == torch.float32
+                and not torch.is_autocast_enabled(_autocast_device(x))):
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         with _autocast_off(x):
             out = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)
         return out.to(x.dtype)
@@ -154,17 +175,17 @@ class ResBlock(nn.Module):
         return self._forward(x, emb)
 
     def _forward(self, x, emb):
-        h = F.silu(self.norm1(x))
+        h = _silu_(self.norm1(x))
         h, x = self._resample(h), self._resample(x)
         h = self.conv1(h)
         emb_out = self.emb_proj(F.silu(emb)).to(h.dtype)[:, :, None, None]
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
-            h = self.norm2(h) * (1 + scale) + shift
+            h = torch.addcmul(shift, self.norm2(h), 1 + scale)  # GN(h) * (1 + y_s) + y_b
         else:
             h = self.norm2(h + emb_out)
-        h = self.conv2(self.dropout(F.silu(h)))
-        out = self.skip(x) + h
+        h = self.conv2(self.dropout(_silu_(h)))
+        out = _add_into(h, self.skip(x))
         return out / math.sqrt(2.0) if self.rescale else out
 
 
@@ -200,11 +221,13 @@ class QKVAttention(nn.Module):
             q, k, v = qkv.reshape(n, 3, heads, d, length).unbind(1)
         else:
             q, k, v = qkv.reshape(n, heads, 3, d, length).unbind(2)
-        q, k, v = (z.transpose(-1, -2) for z in (q, k, v))  # [N, H, T, d]
         if self.backend == "sdpa":
+            # [N, H, T, d] with unit stride along d: the layout the fused (flash) kernels need; other
+            # strides fall back to a slower unfused softmax(q k^T) v
+            q, k, v = (z.transpose(-1, -2).contiguous() for z in (q, k, v))
             a = F.scaled_dot_product_attention(q, k, v)
         elif self.backend == "explicit":
-            a = explicit_attention(q, k, v)
+            a = explicit_attention(*(z.transpose(-1, -2) for z in (q, k, v)))
         else:
             raise ValueError(f"unknown attention backend {self.backend!r}; use 'sdpa' or 'explicit'")
         return a.transpose(-1, -2).reshape(n, heads * d, length)
@@ -259,7 +282,7 @@ class AttentionBlock(nn.Module):
         n, c, *spatial = x.shape
         x = x.reshape(n, c, -1)
         h = self.proj_out(self.attention(self.qkv(self.norm(x))))
-        return (x + h).reshape(n, c, *spatial)
+        return _add_into(h, x).reshape(n, c, *spatial)
 
 
 class AttentionPool2d(nn.Module):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from gcg.nn.config import UNetConfig
 from gcg.nn.layers import (AttentionBlock, Downsample, GroupNorm32, ResBlock, TimestepEmbedMLP, Upsample,
-                           _autocast_off, zero_module)
+                           _autocast_off, _silu_, zero_module)
 
 
 class ResAttnBlock(nn.Module):
@@ -188,6 +188,6 @@ class UNetModel(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.up_blocks:
             h = block(torch.cat([h, skips.pop().to(h.dtype)], dim=1), emb)
-        h = F.silu(self.out_norm(h))
+        h = _silu_(self.out_norm(h))
         with _autocast_off(h):  # the output layer runs in float32, as in ADM's mixed precision
             return self.out_conv(h.to(self.out_conv.weight.dtype))
