@@ -58,7 +58,7 @@ _EXPORTS = {
     "make_dataset": "gcg.data",
     "make_loader": "gcg.data",
     "DataError": "gcg.data",
-    "TrainConfig": "gcg.presets",
+    "TrainConfig": "gcg.training.config",
     "load_model": "gcg.checkpoint",
     # from Python: load_model -> sample_images -> save_grid (the README's "From Python")
     "sample_images": "gcg.sample",
