@@ -74,6 +74,12 @@ def test_every_preset_trains_and_writes(preset, tmp_path, imagenet_dir):
         assert (run / "samples_final.png").is_file()
 
 
+def test_sample_grids_every_sample_every_steps_and_the_last_one_once(tmp_path):
+    result = train(tiny("digits", tmp_path, max_steps=4, sample_every=2), progress=False)
+    grids = sorted(p.name for p in (tmp_path / "run").glob("samples_*.png"))
+    assert result.step == 4 and grids == ["samples_0000002.png", "samples_final.png"]
+
+
 def test_paper_recipes():
     """The big presets carry the published recipes (Dhariwal & Nichol 2021, Appendix)."""
     d = get_preset("imagenet64")

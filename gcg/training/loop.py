@@ -153,8 +153,8 @@ def train(
             if out_dir is not None and cfg.save_every and state.step % cfg.save_every == 0:
                 checkpoint, last_saved = save(state, out_dir), state.step
 
-            # sample grid
-            if grids and cfg.sample_every and state.step % cfg.sample_every == 0 \
+            # sample grid (the last step's grid is samples_final.png, written once in 5.)
+            if grids and cfg.sample_every and state.step % cfg.sample_every == 0 and state.step < cfg.max_steps \
                     and not getattr(signals, "received", 0):
                 write_sample_grid(state, dataset, out_dir / f"samples_{state.step:07d}.png",
                                   budget=grid_budget(state, state.step - start_step))
