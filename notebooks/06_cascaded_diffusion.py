@@ -511,7 +511,7 @@ print(f"share of the initial network in the EMA after {k} steps: constant rate {
 # mid-grey, and an EMA that is still 37 % initial network draws its glyphs on a dark-grey
 # background where the data are black. The SR stages therefore average with
 # the warm-up rate $\min(\rho, (1 + k) / (10 + k))$ (`ema_warmup=True`), which leaves the initial
-# network a share of $1/\binom{k + 9}{9}$, about $10^{-16}$ after 200 steps.
+# network a share of $1/\binom{k + 9}{9}$, below $10^{-15}$ after 200 steps.
 #
 # **The base model's samples.** Ten test labels per class; the base model draws a 16×16
 # image for each (DDIM, 20 steps). The 16-px judge, almost perfect on the real test images,
