@@ -354,3 +354,19 @@ def test_benchmark_reference_forward_equals_gcg(capsys):
         with pytest.raises(SystemExit):
             bench.main(argv)
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])  # meta: how gpu_check counts the 296M network's FLOPs
+def test_flop_counter_counts_attention(device):
+    """FlopCounterMode on an AttentionBlock = the qkv and output 1x1 convolutions (2 N T C (3C + C))
+    + q k^T and A v (2 x 2 N T^2 C): the CPU flash-attention kernel counts too (not as zero)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    n, c, side = 2, 64, 8
+    t = side * side
+    with torch.device(device):
+        block = layers.AttentionBlock(c, num_head_channels=32).eval()
+        x = torch.randn(n, c, side, side)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        block(x)
+    assert counter.get_total_flops() == 2 * n * t * c * 4 * c + 4 * n * t * t * c

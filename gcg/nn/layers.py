@@ -10,6 +10,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils import flop_counter
 from torch.utils.checkpoint import checkpoint
 
 NORM_GROUPS = 32  # GroupNorm(32, C) everywhere, as in the reference code
@@ -193,6 +194,22 @@ def explicit_attention(q, k, v):
     """softmax(q k^T / sqrt(d)) v written out; q, k, v [B, H, T, d] -> [B, H, T, d]."""
     weight = torch.softmax((q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1]), dim=-1)
     return (weight @ v.float()).to(q.dtype)
+
+
+def _count_cpu_flash_attention_flops() -> None:
+    """torch's FlopCounterMode has formulas for the CUDA attention kernels but not for the CPU flash
+    kernel that `QKVAttention` runs on a CPU (or meta) tensor; without them attention would count as
+    zero FLOPs. Register the same formulas: 2 matmuls of 2 B H T T d FLOPs forward, twice that backward."""
+    aten = torch.ops.aten
+    formulas = (("_scaled_dot_product_flash_attention_for_cpu", flop_counter.sdpa_flop),
+                ("_scaled_dot_product_flash_attention_for_cpu_backward", flop_counter.sdpa_backward_flop))
+    for name, formula in formulas:
+        op = getattr(aten, name, None)
+        if op is not None and op not in flop_counter.flop_registry:
+            flop_counter.flop_registry[op] = formula
+
+
+_count_cpu_flash_attention_flops()
 
 
 class QKVAttention(nn.Module):
