@@ -404,19 +404,17 @@ for eta in ETAS:
 # %% tags=["nbval-ignore-output", "hide-input"]
 for S in (10, 20):
     assert toy_table[0.0, S][0] < toy_table[1.0, S][0], f"S = {S}: DDIM (eta = 0) should beat DDPM (eta = 1)"
-for S in (50, 100):
-    assert toy_table[1.0, S][0] < toy_table[0.0, S][0], f"S = {S}: DDPM (eta = 1) should beat DDIM (eta = 0)"
 assert toy_table[1.0, 100][0] < toy_table[1.0, 10][0], "more steps should help the stochastic sampler"
-print("ADM's rule on the exact toy, FD of DDIM vs DDPM: "
-      + "; ".join(f"S = {S}: {toy_table[0.0, S][0]:.4f} {'<' if S < 50 else '>'} {toy_table[1.0, S][0]:.4f}"
-                  for S in STEPS))
+compare = lambda S: f"S = {S}: {toy_table[0.0, S][0]:.4f} vs {toy_table[1.0, S][0]:.4f}"  # noqa: E731
+print(f"exact toy, FD of DDIM vs DDPM: {compare(10)}; {compare(20)} (asserted: DDIM wins); "
+      f"{compare(50)}; {compare(100)} (within seed noise, not asserted)")
 
 # %% [markdown]
-# This draw follows ADM's rule (DDIM wins at 10 and 20 steps, DDPM at 50 and 100), but the second
-# half is sampling noise: from 50 steps, 3,000-point FDs vary as much between seeds as between
-# samplers (the assert holds for this seed), and with 20,000 samples the order is
-# $\eta = 0 < 0.5 < 1$ at every $S$, as in Table 1: with the exact $\epsilon^\star$, fresh noise
-# only adds error (exercise 3). Where $\eta = 1$ wins, it likely corrects a network's errors
+# This draw follows ADM's rule (DDIM wins at 10 and 20 steps, DDPM at 50 and 100), but only the
+# first half is a result: DDIM won at 10 and 20 steps in all six seeds tried, while from 50 steps
+# 3,000-point FDs vary as much between seeds as between samplers (DDIM won at $S = 50$ in five of
+# six seeds, at $S = 100$ in two). With 20,000 samples the order is $\eta = 0 < 0.5 < 1$ at every
+# $S$, as in Table 1: with the exact $\epsilon^\star$, fresh noise only adds error (exercise 3). Where $\eta = 1$ wins, it likely corrects a network's errors
 # (section 8).
 
 # %% [markdown]
