@@ -439,3 +439,16 @@ def test_loader_argument_errors():
         make_loader(_indexed(10), 8, world_size=2)
     with pytest.raises(DataError, match=r"rank must lie in \[0, world_size\)"):
         make_loader(_indexed(10), 2, rank=2, world_size=2)
+
+
+def test_training_passes_data_errors_through(tmp_path):
+    """`gcg.training.build.make_data` keeps gcg.data's classes: misconfigured stays a plain DataError,
+    missing files stay DataUnavailable (the CLI prints both as one line)."""
+    from gcg.training.build import make_data
+    from gcg.training.config import TrainConfig
+
+    with pytest.raises(DataError, match="pass data_dir") as info:
+        make_data(TrainConfig(dataset="imagenet64", image_size=64))
+    assert not isinstance(info.value, DataUnavailable)
+    with pytest.raises(DataUnavailable, match="does not exist"):
+        make_data(TrainConfig(dataset="imagenet64", image_size=64, data_dir=str(tmp_path / "missing")))

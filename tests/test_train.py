@@ -482,6 +482,15 @@ def test_make_task_names_the_valid_tasks():
         make_task("denoise")
 
 
+def test_every_configurable_task_has_a_class():
+    """`TrainConfig.task` is validated against config.TASKS; each name must build its task object."""
+    from gcg.training import config, tasks
+
+    assert set(config.TASKS) == set(tasks.TASKS)
+    assert [type(tasks.make_task(name)).__name__ for name in config.TASKS] == [
+        "DiffusionTask", "ClassifierTask", "SuperResTask"]
+
+
 def test_gcg_train_still_exports_what_code_imported_from_it():
     """The trainer moved into gcg.training; gcg.train re-exports the same objects."""
     import gcg.train

@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gcg import dist
 from gcg.checkpoint import build_model
-from gcg.data import DataUnavailable, make_dataset
+from gcg.data import DataError, DataUnavailable, make_dataset
 from gcg.resample import create_named_schedule_sampler
 from gcg.training.config import TrainConfig, build_model_config, data_properties, diffusion_config, validate
 from gcg.training.state import TrainState
@@ -19,10 +19,14 @@ from gcg.training.tasks import make_task
 
 
 def make_data(config: TrainConfig):
-    """`gcg.data.make_dataset` for this config; failures become `DataUnavailable` (message kept)."""
+    """`gcg.data.make_dataset` for this config. `gcg.data`'s own errors pass through (`DataError`:
+    malformed or misconfigured; `DataUnavailable`: files missing); any other failure to read the
+    data becomes `DataUnavailable` (message kept)."""
     try:
         return make_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
                             split="train")
+    except DataError:
+        raise
     except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError, OSError) as exc:
         raise DataUnavailable(str(exc)) from exc
 
