@@ -8,6 +8,7 @@ average before and after, since other processes on the machine change the figure
 
     python benchmarks/bench_presets.py                       # all presets below, 1 and 2 threads
     python benchmarks/bench_presets.py --presets digits glyphs16 --threads 1 --steps 10
+    python benchmarks/bench_presets.py --precision bf16      # bf16 autocast (CPUs with bf16 units)
 """
 
 import argparse
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PRESETS = ("photo8", "digits", "glyphs16", "photo32", "photo32-sr8", "glyphs32-sr16")
 
 
-def measure(preset, steps, warmup):
+def measure(preset, steps, warmup, precision="fp32"):
     """{img/s, ms/step, params, ...} of `steps` train steps of `preset` in this process."""
     import torch
 
@@ -32,6 +33,7 @@ def measure(preset, steps, warmup):
     config = get_preset(preset)
     config.out_dir = None
     config.device = "cpu"
+    config.precision = precision
     state, dataset = setup(config)
     if config.image_size is None:
         raise SystemExit(f"preset {preset!r} has no image size (not an image model); pick an image preset")
@@ -47,13 +49,14 @@ def measure(preset, steps, warmup):
     return {"preset": preset, "px": config.image_size, "model": config.model, "batch": config.batch_size,
             "task": config.task, "params": sum(p.numel() for p in state.model.parameters()),
             "threads": torch.get_num_threads(), "img_s": config.batch_size * steps / wall,
-            "ms_step": 1e3 * wall / steps, "cpu_per_wall": cpu / wall}
+            "ms_step": 1e3 * wall / steps, "cpu_per_wall": cpu / wall, "precision": state.precision}
 
 
-def run_child(preset, threads, steps, warmup):
+def run_child(preset, threads, steps, warmup, precision="fp32"):
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, __file__, "--child", preset, "--steps", str(steps), "--warmup", str(warmup)]
+    cmd = [sys.executable, __file__, "--child", preset, "--steps", str(steps), "--warmup", str(warmup),
+           "--precision", precision]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{preset} at {threads} thread(s) failed:\n{out.stderr.strip()[-2000:]}")
@@ -66,12 +69,14 @@ def main(argv=None):
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--steps", type=int, default=8, help="timed train steps per run")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="the configs' precision (what runs on this CPU is printed)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or min(args.threads) < 1:
         parser.error("--steps and --threads must be >= 1 and --warmup >= 0")
     if args.child:
-        print(json.dumps(measure(args.child, args.steps, args.warmup)))
+        print(json.dumps(measure(args.child, args.steps, args.warmup, args.precision)))
         return
     from gcg.presets import PRESETS
 
@@ -82,9 +87,10 @@ def main(argv=None):
     rows = {}
     for preset in args.presets:
         for threads in args.threads:
-            rows[preset, threads] = run_child(preset, threads, args.steps, args.warmup)
+            rows[preset, threads] = run_child(preset, threads, args.steps, args.warmup, args.precision)
             r = rows[preset, threads]
-            print(f"  {preset} @ {threads} thread(s): {r['img_s']:.1f} img/s, {r['ms_step']:.0f} ms/step",
+            print(f"  {preset} @ {threads} thread(s), {r['precision']}: {r['img_s']:.1f} img/s, "
+                  f"{r['ms_step']:.0f} ms/step",
                   file=sys.stderr, flush=True)
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     head = "| preset | px | network (params) | batch | " + " | ".join(

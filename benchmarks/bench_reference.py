@@ -14,10 +14,14 @@ Timed, alternating gcg and reference rounds (median of ``--repeats`` rounds):
     guidance computes at every sampling step).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_reference.py --batch 2 --repeats 5
+    OMP_NUM_THREADS=1 python benchmarks/bench_reference.py --batch 2 --precision bf16 [--ref-precision bf16]
     python benchmarks/bench_reference.py --unet digits8_small --classifier digits8_classifier --batch 64
 
 Prints wall ms per call and the speed ratio reference time / gcg time (> 1: gcg is faster) in wall
-and in process CPU time, and the largest relative difference of the two outputs (round-off only).
+and in process CPU time, and the largest relative difference of the two outputs (round-off only
+when both run in fp32). ``--precision bf16`` runs gcg's side under bf16 autocast (where the CPU has
+bf16 units: ``gcg.nn.precision``; else fp32 with a notice), ``--ref-precision`` the reference's; the
+last column is then the relative L2 error of gcg's output against the fp32 reference output.
 """
 
 import argparse
@@ -31,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from gcg.convert import gcg_to_openai
 from gcg.nn import ClassifierConfig, create_model, get_preset
+from gcg.nn.precision import PRECISIONS, autocast, resolve_precision
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,14 +224,23 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ref-attention-checkpoint", choices=("on", "off"), default="on",
                         help="checkpoint the reference's attention blocks, as the reference does (default on)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="gcg's side: fp32 or autocast")
+    parser.add_argument("--ref-precision", choices=PRECISIONS, default="fp32", help="the reference's side")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.batch < 1 or args.repeats < 1 or args.warmup < 0:
         parser.error("--batch and --repeats must be >= 1 and --warmup >= 0")
     attn_ckpt = args.ref_attention_checkpoint == "on"
+    precisions = {}
+    for side, asked in (("gcg", args.precision), ("ref", args.ref_precision)):
+        precisions[side], reason = resolve_precision(asked, "cpu")
+        if reason:
+            print(f"{side}: {reason}")
+    mixed = precisions != {"gcg": "fp32", "ref": "fp32"}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {args.batch}, "
-          f"median of {args.repeats} alternating rounds")
-    print(f"{'what':<44} {'gcg ms':>9} {'ref ms':>9} {'ref/gcg':>8} {'CPU-time ref/gcg':>17} {'max rel diff':>13}")
+          f"median of {args.repeats} alternating rounds, gcg {precisions['gcg']}, reference {precisions['ref']}")
+    last = "rel L2 vs fp32" if mixed else "max rel diff"
+    print(f"{'what':<44} {'gcg ms':>9} {'ref ms':>9} {'ref/gcg':>8} {'CPU-time ref/gcg':>17} {last:>15}")
     gen = torch.Generator().manual_seed(args.seed + 1)
     for kind, name in (("unet", args.unet), ("classifier", args.classifier)):
         if not name:
@@ -243,27 +257,33 @@ def main(argv=None):
             y = torch.randint(0, cfg.num_classes, (args.batch,), generator=gen) if cfg.num_classes else None
 
             def run_gcg():
-                with torch.no_grad():
+                with torch.no_grad(), autocast(precisions["gcg"], "cpu"):
                     return model(x, t, y=y)
 
-            def run_ref():
-                with torch.no_grad():
+            def run_ref(precision=precisions["ref"]):
+                with torch.no_grad(), autocast(precision, "cpu"):
                     return ref_forward(p, cfg, x, t, y)
             label = f"{name} forward (no grad)"
         else:
             y = torch.randint(0, cfg.num_classes, (args.batch,), generator=gen)
 
             def run_gcg():
-                return classifier_grad(lambda z: model(z, t), x, y)
+                with autocast(precisions["gcg"], "cpu"):
+                    return classifier_grad(lambda z: model(z, t), x, y)
 
-            def run_ref():
-                return classifier_grad(lambda z: ref_forward(p, cfg, z, t, attn_ckpt=attn_ckpt), x, y)
+            def run_ref(precision=precisions["ref"]):
+                with autocast(precision, "cpu"):
+                    return classifier_grad(lambda z: ref_forward(p, cfg, z, t, attn_ckpt=attn_ckpt), x, y)
             label = f"{name} input gradient"
-        diff = rel_diff(run_gcg(), run_ref())
+        if mixed:  # gcg's output in its precision against the fp32 reference output
+            out, exact = run_gcg().double(), run_ref("fp32").double()
+            diff = float((out - exact).norm() / exact.norm())
+        else:
+            diff = rel_diff(run_gcg(), run_ref())
         timing = time_pair(run_gcg, run_ref, args.warmup, args.repeats)
         (wall_gcg, cpu_gcg), (wall_ref, cpu_ref) = timing["gcg"], timing["ref"]
         print(f"{label:<44} {1e3 * wall_gcg:9.1f} {1e3 * wall_ref:9.1f} {wall_ref / wall_gcg:8.3f} "
-              f"{cpu_ref / cpu_gcg:17.3f} {diff:13.2e}", flush=True)
+              f"{cpu_ref / cpu_gcg:17.3f} {diff:15.2e}", flush=True)
 
 
 if __name__ == "__main__":

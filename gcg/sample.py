@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gcg.images import enlarge_for_grid, to_uint8  # noqa: F401  (to_uint8: re-exported)
+from gcg.nn.precision import PRECISIONS, autocast, check_precision, resolve_precision
 
 
 def _model_config(model):
@@ -42,8 +44,8 @@ def generate(model, diffusion, num_samples: int, shape: tuple | None = None, cla
              sampler: str | None = None, timestep_respacing=None, eta: float = 0.0, cond_fn=None,
              cond_at: str = "x_t", low_res: torch.Tensor | None = None, aug_level: float | None = None,
              clip_denoised: bool = True, generator: torch.Generator | None = None, device=None,
-             progress: bool = False):
-    """One batch of samples x_0 [num_samples, *shape] in [-1, 1] (float, on `device`).
+             progress: bool = False, precision: str = "fp32"):
+    """One batch of samples x_0 [num_samples, *shape] in [-1, 1] (float32, on `device`).
 
     sampler: "ddpm" or "ddim" (default: "ddim" when `timestep_respacing` starts with "ddim").
     class_labels: [num_samples] int labels for a class-conditional model (or None).
@@ -51,8 +53,12 @@ def generate(model, diffusion, num_samples: int, shape: tuple | None = None, cla
     aug_level: its conditioning-augmentation level s (a model with aug_level_cond needs one; 0 =
     clean condition). Noising the condition to level s is `gcg.cascade`'s job.
     `model` may be any callable model(x, t, **kw) (e.g. a ClassifierFreeGuidance wrapper).
+    precision: "fp32", or "bf16" / "fp16" autocast for the network calls (and a guiding classifier's
+    gradient) where the device runs it (`gcg.nn.precision.resolve_precision`; else fp32 with a
+    warning); the chain's arithmetic and the returned samples stay float32.
     """
     device = torch.device(device) if device is not None else _device_of(model)
+    precision = _runs_in(precision, device)
     shape = tuple(shape) if shape is not None else sample_shape(model)
     spec = timestep_respacing
     if sampler is None:
@@ -71,7 +77,17 @@ def generate(model, diffusion, num_samples: int, shape: tuple | None = None, cla
         model.eval()
     common = dict(clip_denoised=clip_denoised, cond_fn=cond_fn, model_kwargs=kwargs, device=device,
                   progress=progress, generator=generator)
-    return chain.sample_loop(model, (num_samples, *shape), sampler=sampler, eta=eta, cond_at=cond_at, **common)
+    with autocast(precision, device):
+        x = chain.sample_loop(model, (num_samples, *shape), sampler=sampler, eta=eta, cond_at=cond_at, **common)
+    return x.float()
+
+
+def _runs_in(precision: str, device) -> str:
+    """The precision that runs on `device`; a one-line warning when it is not `precision`."""
+    runs, reason = resolve_precision(check_precision(precision), device)
+    if reason:
+        warnings.warn(f"gcg.sample: {reason}", stacklevel=3)
+    return runs
 
 
 def _device_of(model) -> torch.device:
@@ -86,7 +102,7 @@ def sample(model, diffusion, num_samples: int, batch_size: int | None = None, cl
            sampler: str | None = None, timestep_respacing=None, eta: float = 0.0, classifier=None,
            classifier_scale: float = 1.0, cfg_scale: float = 0.0, cond_at: str = "x_t",
            low_res: torch.Tensor | None = None, aug_level: float | None = None, seed: int = 0, device=None, clip_denoised: bool = True,
-           progress: bool = True, shape: tuple | None = None):
+           progress: bool = True, shape: tuple | None = None, precision: str = "fp32"):
     """Draw `num_samples` samples in batches; returns (images [N, *shape] float in [-1, 1] on CPU,
     labels [N] int64 or None).
 
@@ -94,12 +110,14 @@ def sample(model, diffusion, num_samples: int, batch_size: int | None = None, cl
     uniformly with the seed; labels are required for guidance). classifier + classifier_scale:
     classifier guidance; cfg_scale w > 0: classifier-free guidance (1 + w) eps(x, y) - w eps(x)
     with the model's null label. The same seed and batch_size give the same samples.
+    precision: "fp32" (default), or "bf16" / "fp16" autocast where the device runs it (`generate`).
     """
     from gcg.guidance import ClassifierFreeGuidance, classifier_cond_fn
 
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     device = torch.device(device) if device is not None else _device_of(model)
+    precision = _runs_in(precision, device)
     config = getattr(model, "config", None) or getattr(model, "cfg", None)
     num_classes = getattr(config, "num_classes", None)
     labels = None
@@ -148,8 +166,8 @@ def sample(model, diffusion, num_samples: int, batch_size: int | None = None, cl
                      class_labels=None if labels is None else labels[rows], sampler=sampler,
                      timestep_respacing=timestep_respacing, eta=eta, cond_fn=cond_fn, cond_at=cond_at,
                      low_res=None if low_res is None else low_res[rows], aug_level=aug_level,
-                     clip_denoised=clip_denoised,
-                     generator=batch_gen, device=device, progress=progress and len(batches) == 1)
+                     clip_denoised=clip_denoised, generator=batch_gen, device=device,
+                     progress=progress and len(batches) == 1, precision=precision)
         outputs.append(x.float().cpu())
         bar.update(n)
     bar.close()
@@ -159,7 +177,7 @@ def sample(model, diffusion, num_samples: int, batch_size: int | None = None, cl
 def sample_images(model, diffusion, num_samples: int, *, class_labels=None, steps: int | None = None,
                   sampler: str = "ddpm", classifier=None, classifier_scale: float | None = None,
                   cfg_scale: float | None = None, seed: int = 0, batch_size: int | None = None,
-                  device=None, progress: bool = True, **options):
+                  device=None, progress: bool = True, precision: str = "fp32", **options):
     """Samples of a trained model, optionally guided: ``(images [N, C, H, W] in [-1, 1] on CPU, labels [N])``.
 
     The checked entry point of `sample` (exported as ``gcg.sample_images``; ``gcg.sample`` is
@@ -169,7 +187,9 @@ def sample_images(model, diffusion, num_samples: int, *, class_labels=None, step
     al. 2020, eta = 0). classifier: a noise-aware classifier (a network, or its checkpoint path)
     with classifier_scale s (default 1; Dhariwal & Nichol 2021, Alg. 1-2). cfg_scale w:
     classifier-free guidance (1 + w) eps(x, y) - w eps(x) (Ho & Salimans 2021), for a model trained
-    with p_uncond > 0. options: the rest of `sample`'s arguments (eta, low_res, aug_level, ...).
+    with p_uncond > 0. precision: "fp32" (default); "bf16" runs bf16 autocast on CUDA and on CPUs
+    with bf16 units (AVX512_BF16 / AMX; ~1.5x faster for a 64x64 ADM UNet), elsewhere fp32 with a warning; "fp16"
+    on CUDA only. options: the rest of `sample`'s arguments (eta, low_res, aug_level, ...).
     """
     if isinstance(model, (str, Path)) or diffusion is None or not hasattr(diffusion, "p_sample_loop"):
         raise TypeError("sample_images needs a network and its diffusion: model, diffusion = "
@@ -182,6 +202,7 @@ def sample_images(model, diffusion, num_samples: int, *, class_labels=None, step
         raise ValueError(f"num_samples must be a whole number >= 1, got {num_samples!r}")
     if sampler not in ("ddpm", "ddim"):
         raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+    check_precision(precision)
     if steps is not None:
         if "timestep_respacing" in options:
             raise ValueError("give steps or timestep_respacing, not both")
@@ -208,7 +229,8 @@ def sample_images(model, diffusion, num_samples: int, *, class_labels=None, step
     return sample(model, diffusion, num_samples, batch_size=batch_size, class_labels=class_labels,
                   sampler=sampler, classifier=classifier,
                   classifier_scale=1.0 if classifier_scale is None else classifier_scale,
-                  cfg_scale=cfg_scale or 0.0, seed=seed, device=device, progress=progress, **options)
+                  cfg_scale=cfg_scale or 0.0, seed=seed, device=device, progress=progress, precision=precision,
+                  **options)
 
 
 class _WithoutLabels(torch.nn.Module):
@@ -323,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="super-resolution: the conditioning-augmentation level s fed to the model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16/fp16: autocast on CUDA; bf16 also on CPUs with bf16 units (AVX512_BF16 / AMX), "
+                        "else fp32 with a notice")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     add_threads_argument(p)
     p.add_argument("--no-progress", action="store_true")
@@ -360,6 +385,9 @@ def _main(argv) -> int:
                          "classifier checkpoint (python -m gcg.train --preset digits-classifier); "
                          "for classifier-free guidance use --cfg-scale")
     set_threads(args.threads)
+    precision, reason = resolve_precision(args.precision, device)
+    if reason:
+        print(f"gcg.sample: {reason}", file=sys.stderr)
     model, diffusion = load_model(args.checkpoint, use_ema=not args.no_ema, device=device)
     if diffusion is None or getattr(model.config, "kind", "unet") == "classifier":
         raise UsageError(f"{args.checkpoint} is a classifier checkpoint; pass it as --classifier")
@@ -375,7 +403,7 @@ def _main(argv) -> int:
                             classifier_scale=1.0 if args.classifier_scale is None else args.classifier_scale,
                             cfg_scale=args.cfg_scale,
                             cond_at=args.cond_at, low_res=low_res, aug_level=args.aug_level,
-                            seed=args.seed, device=device,
+                            seed=args.seed, device=device, precision=precision,
                             progress=not args.no_progress)
     path = save_samples(images, labels, args.out_dir)
     grid = save_grid(images[:256], path.with_suffix(".png"), labels=None if labels is None else labels[:256])

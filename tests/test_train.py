@@ -18,8 +18,8 @@ import torch
 from gcg.checkpoint import checkpoint_path, load_checkpoint
 from gcg.presets import PRESETS, TrainConfig, apply_overrides, get_preset, validate
 from gcg.train import (NETWORK_FIELDS, RESUMABLE_FIELDS, build_model_config, compute_precision,
-                       interrupted_message, main, resolve_resume, sample_grid_plan, setup, train,
-                       train_step)
+                       interrupted_message, main, precision_notice, resolve_resume, sample_grid_plan, setup,
+                       train, train_step)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -212,9 +212,13 @@ def test_help_lists_every_preset_on_one_line(capsys):
         assert any(line.split()[:1] == [name] and config.description in line for line in out.splitlines())
 
 
-def test_precision_follows_the_device():
-    """fp16/bf16 autocast on CUDA only; a CPU computes in fp32 (fp16 keeps its loss scaler)."""
+def test_precision_follows_the_device(monkeypatch):
+    """fp16/bf16 autocast on CUDA; on a CPU bf16 only with bf16 units, else fp32 (fp16 keeps its
+    loss scaler). The CPU's bf16 check is patched both ways, so this runs on any CPU."""
+    import gcg.nn.precision
+
     assert [compute_precision(p, "cuda:0") for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
+    monkeypatch.setattr(gcg.nn.precision, "cpu_bf16_missing", lambda: "this CPU lacks AVX512_BF16 and AMX")
     assert [compute_precision(p, "cpu") for p in ("fp32", "bf16", "fp16")] == ["fp32"] * 3
     state, dataset = setup(tiny("digits", precision="bf16"))
     dtypes = []
@@ -222,8 +226,21 @@ def test_precision_follows_the_device():
     x, y = torch.stack([dataset[i][0] for i in range(4)]), torch.arange(4)
     train_step(state, x, y)
     assert state.precision == "fp32" and dtypes == [torch.float32]
+    assert precision_notice(state) == ("gcg.train: precision=bf16 on a CPU needs bf16 units: this CPU lacks "
+                                       "AVX512_BF16 and AMX; computing in fp32")
     state, _ = setup(tiny("digits", precision="fp16"))
     assert state.precision == "fp32" and state.scaler.is_enabled()
+
+    monkeypatch.setattr(gcg.nn.precision, "cpu_bf16_missing", lambda: None)  # a CPU with bf16 units
+    assert [compute_precision(p, "cpu") for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp32"]
+    state, dataset = setup(tiny("digits", precision="bf16"))
+    convs = []
+    state.model.input_conv.register_forward_hook(lambda module, args, out: convs.append(out.dtype))
+    train_step(state, x, y)
+    assert state.precision == "bf16" and precision_notice(state) is None
+    assert convs == [torch.bfloat16]  # autocast is on: the first convolution computes in bf16
+    assert all(p.dtype == torch.float32 and (p.grad is None or p.grad.dtype == torch.float32)
+               for p in state.model.parameters())  # weights and gradients stay fp32
 
 
 def test_sample_grid_plan_scales_the_grid_to_the_budget():

@@ -12,6 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 from gcg import dist
 from gcg.checkpoint import build_model
 from gcg.data import DataError, DataUnavailable, make_dataset
+from gcg.nn.precision import resolve_precision
 from gcg.resample import create_named_schedule_sampler
 from gcg.training.config import TrainConfig, build_model_config, data_properties, diffusion_config, validate
 from gcg.training.state import TrainState
@@ -36,22 +37,23 @@ def make_schedule_sampler(config: TrainConfig, diffusion):
 
 
 def compute_precision(precision: str, device) -> str:
-    """The precision the forward/backward runs in: `precision` on CUDA; "fp32" on any other device.
+    """The precision the forward/backward runs in: `precision` on CUDA; on a CPU, bf16 where the
+    CPU has bf16 units (`gcg.nn.precision.resolve_precision`), else "fp32".
 
-    fp16/bf16 autocast pays on GPUs (tensor cores); on a CPU without half-precision matmul units
-    it runs several times slower than fp32 (benchmarks/README.md), so CPUs compute in fp32.
+    fp16 autocast, and bf16 without bf16 units, run several times slower than fp32 on a CPU
+    (benchmarks/README.md), so those compute in fp32.
     """
-    return precision if torch.device(device).type == "cuda" else "fp32"
+    return resolve_precision(precision, device)[0]
 
 
 def precision_notice(state: TrainState) -> str | None:
-    """One line saying that the configured precision was replaced on this device, else None."""
+    """One line saying that the configured precision was replaced on this device (and why), else None."""
     cfg = state.config
     if state.precision == cfg.precision:
         return None
+    reason = resolve_precision(cfg.precision, state.info.device)[1]
     scaler = " (its dynamic loss scaler still runs)" if state.scaler.is_enabled() else ""
-    return (f"gcg.train: precision={cfg.precision} autocast is for CUDA; computing in fp32 on "
-            f"{state.info.device.type}{scaler}")
+    return f"gcg.train: {reason}{scaler}"
 
 
 def setup(config: TrainConfig, dataset=None) -> tuple[TrainState, object]:

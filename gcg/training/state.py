@@ -46,7 +46,7 @@ class TrainState:
     data_shape: tuple  # one example's shape, e.g. (C, H, W) or (D,)
     num_classes: int | None
     step: int = 0
-    precision: str = "fp32"  # what runs: config.precision on CUDA, "fp32" compute on a CPU
+    precision: str = "fp32"  # what runs: config.precision on CUDA; on a CPU bf16 with bf16 units, else fp32
 
 
 # ----------------------------------------------------------------------------- random streams

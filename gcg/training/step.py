@@ -13,6 +13,7 @@ import contextlib
 import torch
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from gcg.nn.precision import autocast
 from gcg.training.config import TrainConfig
 from gcg.training.state import TrainState
 
@@ -24,8 +25,7 @@ def _rank_rows(state: TrainState) -> slice:
 
 
 def _autocast(state: TrainState):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(state.precision)
-    return torch.autocast(state.info.device.type, dtype=dtype, enabled=dtype is not None)
+    return autocast(state.precision, state.info.device)
 
 
 def current_lr(config: TrainConfig, step: int) -> float:
