@@ -6,12 +6,14 @@ per step (one thread), the held-out L_simple with fixed t and noise, and the tra
 against step and wall-clock seconds. The JSON is resumable: entries already present are skipped, so
 the sweep runs as many short jobs (`--max-runs`), e.g.
 
-    for i in $(seq 8); do /work/tools/cpu 1 python benchmarks/adm_ablation.py --max-runs 2; done
+    for i in $(seq 8); do python benchmarks/adm_ablation.py --max-runs 2; done
+    python benchmarks/adm_ablation.py --time      # s/step with one thread, on an otherwise idle machine
     python benchmarks/adm_ablation.py --summary   # the table, nothing trained
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -64,14 +66,29 @@ def one_run(variant: str, seed: int, steps: int, log_every: int, train_set, x_te
                 history=history)
 
 
-def summary_table(runs: list[dict]) -> str:
-    """A Markdown table: variant, params, GFLOP/step, s/step, held-out loss mean ± se, Δ vs baseline ± se."""
+def time_variants(variants, steps: int = 60, skip: int = 10) -> dict:
+    """Seconds per training step of each variant (train for `steps`, time all after the first `skip`):
+    run on an otherwise idle machine, this is the clean s/step; the sweep's own runs share the cores."""
+    from gcg.data import load_digits_dataset
+
+    train_set, out = load_digits_dataset("train"), {}
+    for v in variants:
+        result, _ = ablation.train_variant(VARIANTS[v], 0, steps, train_set, log_every=skip)
+        first, last = result.history[0], result.history[-1]
+        out[v] = (last["elapsed_s"] - first["elapsed_s"]) / (last["step"] - first["step"])
+        print(f"{v}: {out[v]:.4f} s/step", flush=True)
+    return out
+
+
+def summary_table(runs: list[dict], timing: dict | None = None) -> str:
+    """A Markdown table: variant, params, GFLOP/step, s/step (from `timing` if given, else the runs'
+    own), held-out loss mean ± se, Δ vs baseline ± se."""
     stats = ablation.paired_summary(runs)
     rows = ["| variant | seeds | params | GFLOP / step | s / step | held-out loss | Δ vs baseline | paper ΔFID |",
             "|---|---|---|---|---|---|---|---|"]
     for v, s in stats.items():
         mine = [r for r in runs if r["variant"] == v]
-        sec = sum(r["seconds_per_step"] for r in mine) / len(mine)
+        sec = (timing or {}).get(v, sum(r["seconds_per_step"] for r in mine) / len(mine))
         delta = "—" if v == "baseline" else f"{s['delta']:+.4f} ± {s['delta_se']:.4f}"
         rows.append(f"| {v} | {s['n']} | {mine[0]['params']:,} | {mine[0]['gflop_per_step']:.3f} | {sec:.3f} | "
                     f"{s['mean']:.4f} ± {s['se']:.4f} | {delta} | {PAPER.get(v, '')} |")
@@ -88,6 +105,8 @@ def parse_args(argv=None):
     p.add_argument("--log-every", type=int, default=20, help="steps per logged training-loss mean (default: 20)")
     p.add_argument("--max-runs", type=int, default=None, help="train at most this many missing runs, then exit")
     p.add_argument("--threads", type=int, default=1, help="torch threads; s/step is reported for 1 (default: 1)")
+    p.add_argument("--time", action="store_true",
+                   help="only time each variant's training step (store under 'timing'); run it on an idle machine")
     p.add_argument("--summary", action="store_true", help="print the table of the stored runs, train nothing")
     args = p.parse_args(argv)
     unknown = [v for v in args.variants if v not in VARIANTS]
@@ -102,7 +121,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     runs = ablation.load_runs(args.out)
     if args.summary:
-        print(summary_table(runs) if runs else f"{args.out}: no runs stored yet")
+        timing = json.loads(args.out.read_text()).get("timing", {}).get("seconds_per_step") if runs else None
+        print(summary_table(runs, timing) if runs else f"{args.out}: no runs stored yet")
+        return 0
+    if args.time:
+        torch.set_num_threads(args.threads)
+        timing = dict(threads=args.threads, seconds_per_step=time_variants(args.variants))
+        ablation.save_meta(args.out, dict(timing=timing))
         return 0
     other = sorted({r["steps"] for r in runs} - {args.steps})
     if other:

@@ -108,6 +108,18 @@ def save_run(path, run: dict, meta: dict | None = None) -> list[dict]:
     return runs
 
 
+def save_meta(path, meta: dict) -> None:
+    """Set top-level fields of the JSON at `path` (keeping its runs), atomically."""
+    path = Path(path)
+    with _locked(path):
+        load_runs(path)  # refuse a malformed file
+        data = json.loads(path.read_text()) if path.exists() else {"runs": []}
+        data.update(meta)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def _locked(path: Path):
     with open(path.with_name(path.name + ".lock"), "w") as lock:

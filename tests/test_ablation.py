@@ -73,6 +73,8 @@ def test_save_run_resumes_and_replaces(tmp_path):
     assert sorted((r["variant"], r["heldout"]) for r in runs) == [("baseline", 0.8), ("depth 2", 0.9)]
     assert json.loads(path.read_text())["steps"] == 5
     assert ablation.missing_runs(runs, ["baseline", "depth 2"], [0, 1]) == [("baseline", 1), ("depth 2", 1)]
+    ablation.save_meta(path, dict(timing={"baseline": 0.1}))
+    assert json.loads(path.read_text())["timing"] == {"baseline": 0.1} and ablation.load_runs(path) == runs
 
 
 def test_load_runs_names_a_bad_file(tmp_path):
@@ -127,6 +129,11 @@ def test_benchmark_skips_runs_already_stored(tmp_path, monkeypatch, capsys):
     assert "all 4 runs present" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="holds runs of \\[5\\] steps; pass --steps 5"):
         bench.main(["--out", str(out), "--steps", "6"])
+    # --time stores s/step beside the runs and trains nothing else
+    monkeypatch.setattr(bench, "time_variants", lambda variants: {v: 0.5 for v in variants})
+    assert bench.main(["--out", str(out), "--time", "--variants", "baseline"]) == 0
+    assert json.loads(out.read_text())["timing"]["seconds_per_step"] == {"baseline": 0.5} and len(trained) == 4
+    assert "| baseline | 2 | 1 | 1.000 | 0.500 |" in (bench.main(["--out", str(out), "--summary"]), capsys.readouterr().out)[1]
 
 
 def test_benchmark_names_an_unknown_variant(capsys):
