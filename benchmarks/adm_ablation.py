@@ -99,7 +99,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the resumable JSON (default: %(default)s)")
     p.add_argument("--steps", type=int, default=600, help="optimizer steps per run, batch 32 (default: %(default)s)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="training seeds (default: 0 1 2 3 4)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="NAME",
                    help=f"a subset of: {', '.join(repr(v) for v in VARIANTS)}")
     p.add_argument("--log-every", type=int, default=20, help="steps per logged training-loss mean (default: 20)")
@@ -142,12 +142,12 @@ def main(argv=None) -> int:
 
     train_set = load_digits_dataset("train")
     x_test, y_test = load_digits_dataset("test").as_tensors()
-    meta = dict(command=" ".join(["python benchmarks/adm_ablation.py"] + (argv if argv is not None else sys.argv[1:])),
-                torch=torch.__version__, threads=args.threads, steps=args.steps, log_every=args.log_every,
+    command = " ".join(["python benchmarks/adm_ablation.py"] + (argv if argv is not None else sys.argv[1:]))
+    meta = dict(torch=torch.__version__, threads=args.threads, steps=args.steps, log_every=args.log_every,
                 variants={v: VARIANTS[v] for v in VARIANTS}, paper=PAPER)
     for variant, seed in todo:
         start = time.perf_counter()
-        run = one_run(variant, seed, args.steps, args.log_every, train_set, x_test, y_test)
+        run = {**one_run(variant, seed, args.steps, args.log_every, train_set, x_test, y_test), "command": command}
         runs = ablation.save_run(args.out, run, meta)
         print(f"{variant} seed {seed}: held-out {run['heldout']:.4f}, {run['seconds_per_step']:.3f} s/step "
               f"({time.perf_counter() - start:.0f} s)", flush=True)

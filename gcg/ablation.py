@@ -122,12 +122,13 @@ def save_meta(path, meta: dict) -> None:
 
 @contextlib.contextmanager
 def _locked(path: Path):
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    """Hold an exclusive lock on the folder of `path` (no lock file left behind)."""
+    fd = os.open(path.resolve().parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def missing_runs(runs: list[dict], variants, seeds) -> list[tuple[str, int]]:
