@@ -8,7 +8,6 @@ runs (`load_runs`, `save_run`) and the paired comparison against the baseline (`
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
@@ -122,7 +121,13 @@ def save_meta(path, meta: dict) -> None:
 
 @contextlib.contextmanager
 def _locked(path: Path):
-    """Hold an exclusive lock on the folder of `path` (no lock file left behind)."""
+    """Hold an exclusive lock on the folder of `path` (no lock file left behind). POSIX only;
+    elsewhere (Windows) no lock: run one writer at a time."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
     fd = os.open(path.resolve().parent, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
