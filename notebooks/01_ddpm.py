@@ -23,7 +23,7 @@
 # Inception score 9.46 on CIFAR-10, with a likelihood bound of 3.75 bits/dim (Table 1).
 #
 # Every identity is checked against `gcg.diffusion` on a **labelled 2-D Gaussian mixture**
-# (`gcg.toy`) with a closed-form exact noise predictor, and on scikit-learn's **8×8 digits** with
+# (`gcg.toy`) with an exact noise predictor, and on scikit-learn's **8×8 digits** with
 # a small trained UNet.
 
 # %%
@@ -98,8 +98,7 @@ print(f"toy: {toy.num_classes} components in D = {toy.dim}")
 # \qquad x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon .
 # $$ (ch01-marginal)
 #
-# This is Eq. (4) of {cite:t}`ho2020ddpm`: training never simulates the chain. In gcg: `q_sample`
-# (and `q_mean_variance`).
+# This is Eq. (4) of {cite:t}`ho2020ddpm`: training never simulates the chain.
 #
 # ```{note}
 # **Indexing.** The paper counts steps $t = 1, \dots, T$, code chain indices $i = 0, \dots, T-1$,
@@ -111,7 +110,7 @@ print(f"toy: {toy.num_classes} components in D = {toy.dim}")
 #
 # Implement `my_q_sample(x_start, t, noise, alphas_cumprod)`: `x_start`, `noise` `[N, ...]`, `t`
 # `[N]` (int64 chain indices), `alphas_cumprod` `[T]`; return $x_t$ of {eq}`ch01-marginal`, shaped
-# like `x_start`. The next cell compares it with `diffusion.q_sample`.
+# like `x_start`.
 
 # %% tags=["write-it-yourself", "hide-input"]
 def my_q_sample(x_start, t, noise, alphas_cumprod):
@@ -168,7 +167,7 @@ worst = max(max(r[2:]) for r in rows)
 assert worst < 0.03, f"closed form q(x_t | x_0) disagrees with the simulated chain: {worst:.4f}"
 
 # %% [markdown]
-# The errors are at the Monte Carlo level (standard errors 0.005 for a mean, 0.007 for a
+# Errors are at the Monte Carlo level (standard errors 0.005 for a mean, 0.007 for a
 # variance).
 #
 # **Picture.** In 1-D the whole marginal $q(x_t)$ can be drawn: for a mixture, a mixture of
@@ -213,7 +212,7 @@ plt.show()
 #
 # The linear schedule makes $\bar\alpha_T \approx 4 \times 10^{-5}$: $x_T$ keeps
 # $\sqrt{\bar\alpha_T} \approx 0.006$ of the signal, so $q(x_T \mid x_0)$ is almost exactly the
-# prior $p(x_T) = \mathcal N(0, I)$ where sampling starts. The mismatch
+# prior $p(x_T) = \mathcal N(0, I)$. The mismatch
 # $L_T = D_\text{KL}(q(x_T \mid x_0) \,\|\, \mathcal N(0, I))$ has no parameters (`normal_kl`).
 
 # %%
@@ -303,8 +302,7 @@ plt.show()
 # \tilde\beta_t = \frac{1 - \bar\alpha_{t-1}}{1 - \bar\alpha_t}\, \beta_t .
 # $$ (ch01-posterior)
 #
-# These are Eqs. (6)–(7) of the paper: `q_posterior_mean_variance`, with the coefficients
-# precomputed as `posterior_mean_coef1` and `posterior_mean_coef2`.
+# These are Eqs. (6)–(7) of the paper (`q_posterior_mean_variance`).
 
 # %% tags=["nbval-ignore-output"]
 show(GaussianDiffusion.q_posterior_mean_variance)
@@ -356,7 +354,7 @@ for i in [1, 50, 500, 999]:  # chain index i = paper step t = i + 1
 # =: L .
 # $$
 #
-# To turn $L$ into KL divergences between Gaussians, rewrite each forward step for $t \ge 2$
+# To get KL divergences, rewrite each forward step for $t \ge 2$
 # by Bayes' rule **given $x_0$** (by the Markov property $q(x_t \mid x_{t-1}) = q(x_t \mid x_{t-1}, x_0)$):
 #
 # $$
@@ -443,15 +441,13 @@ assert float((bpd["total_bpd"] - true_bpd).mean()) > -3 * se
 #   \left\lVert \epsilon - \epsilon_\theta\big(\sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon,\ t\big)\right\rVert^2\right]
 # $$ (ch01-weighted)
 #
-# (Eq. (12)). Dropping the weight gives DDPM's actual objective, denoising score matching with
+# (Eq. (12)). Dropping the weight gives DDPM's objective, denoising score matching with
 # $t$ uniform:
 #
 # $$
 # L_\text{simple}(\theta) = \mathbb E_{t \sim \mathcal U\{1..T\},\ x_0,\ \epsilon}
 #   \left\lVert \epsilon - \epsilon_\theta\big(\sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon,\ t\big)\right\rVert^2 .
 # $$ (ch01-lsimple)
-#
-# In gcg: `training_losses` with `loss_type="mse"`.
 #
 # **Check.** For a deliberately imperfect $\epsilon_\theta$, (a) `p_mean_variance` returns
 # {eq}`ch01-eps-mean` (clipping off), and (b) `normal_kl` between the posterior and $p_\theta$
@@ -561,8 +557,8 @@ print("x0, eps, score and v predictions convert into one another exactly (random
 # x_{t-1} = \mu_\theta(x_t, t) + \sigma_t z, \qquad z \sim \mathcal N(0, I) \text{ for } t > 1,\ z = 0 \text{ for } t = 1 .
 # $$ (ch01-ancestral)
 #
-# In gcg: `p_sample`, `p_sample_loop`. With the exact model, samples should follow the mixture
-# and, given labels `y`, land in their own component.
+# With the exact model, samples should follow the mixture and, given labels `y`, land in their
+# own component.
 
 # %% tags=["nbval-ignore-output"]
 show(GaussianDiffusion.p_sample)
@@ -662,8 +658,8 @@ assert results["exact eps*"]["precision"] > 0.9 and results["exact eps*"]["recal
 print("the exact model is the floor of L_simple, and the trained model's samples cover the data")
 
 # %% [markdown]
-# The trained network's loss is near the exact floor and its samples cover the data as well; what
-# remains is approximation error.
+# The trained network's loss is near the exact floor and its samples cover the data as well as
+# the exact model's.
 #
 # ## 7. Experiment: how many steps does the chain need?
 #
@@ -718,9 +714,8 @@ plt.show()
 #
 # ```{note}
 # **What the CPU budget changes.** At `GCG_SCALE=1` we sample ancestrally with 250 of the 1000
-# trained steps (about 0.1 s each for 128 images on 2 CPU cores) by "respacing" (chapter 02: the
-# same network, the $\beta$'s recomputed so that the kept steps keep their $\bar\alpha$'s);
-# `GCG_SCALE=4` uses all 1000.
+# trained steps (about 0.1 s each for 128 images on 2 CPU cores) by "respacing" (chapter 02: same
+# network, $\beta$'s recomputed to keep the $\bar\alpha$'s); `GCG_SCALE=4` uses all 1000.
 # ```
 
 # %%
@@ -795,8 +790,7 @@ plt.show()
 
 # %% [markdown]
 # **One sample's reverse trajectory.** For three samples, the state $x_t$ entering a step and
-# the network's prediction $\hat x_0(x_t)$ there, both read off `p_sample_loop_progressive`
-# (every step's `sample` and `pred_xstart`).
+# the network's prediction $\hat x_0(x_t)$ there, both read off `p_sample_loop_progressive`.
 
 # %%
 cols = [f"t = {int(sampler.timestep_map[i]) + 1}" for i in snap_idx]
@@ -811,7 +805,7 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# In the trajectories $\hat x_0$ commits to a coarse shape by $t \approx 450$, while $x_t$ is still
+# In the trajectories $\hat x_0$ commits to a coarse shape by $t \approx 450$, while $x_t$ is
 # mostly noise. After 90 s of CPU training some samples are recognisable digits, the rest blobs;
 # the FD is well below the Gaussian baseline but far from real digits (exercise 5 trains longer).
 # Reproduced: the identities exactly, and the recipe's qualitative behaviour; not the CIFAR-10
@@ -892,8 +886,8 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
 #    ```
 #
 # 4. **Fixed large variance.** Repeat section 7 with `model_var_type="fixed_large"`. Which
-#    $\sigma_t^2$ gives the tighter bound at small $T$, and which better samples? (About a minute
-#    on a 2-core CPU.)
+#    $\sigma_t^2$ gives the tighter bound at small $T$, and which better samples? (≈ 1 min on a
+#    2-core CPU.)
 #
 #    ```{admonition} Hint
 #    :class: dropdown
@@ -902,8 +896,7 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
 #    ```
 #
 # 5. **Train longer.** Re-run the chapter with `GCG_SCALE=4`. How do the digits' FD and IS move?
-#    Plot `digits_run.history`. (About 15 minutes on a 2-core CPU, mostly the 1000-step sampler;
-#    a GPU takes a minute or two.)
+#    Plot `digits_run.history`. (≈ 15 min on a 2-core CPU, mostly sampling; 1–2 min on a GPU.)
 #
 #    ```{admonition} Hint
 #    :class: dropdown

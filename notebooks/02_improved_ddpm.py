@@ -11,8 +11,8 @@
 # **Prerequisites:** [chapter 01](01_ddpm.ipynb) (forward process, posterior $q(x_{t-1} \mid x_t, x_0)$, the bound $L_\text{vlb}$, $L_\text{simple}$).
 # ```
 #
-# **The question.** DDPM (chapter 01) samples well, but its log-likelihood lags behind other
-# likelihood models and it needs all $T$ steps to sample. Which changes fix that?
+# **The question.** DDPM (chapter 01) samples well, but lags other likelihood models in
+# log-likelihood and needs all $T$ steps to sample. Which changes fix that?
 #
 # **The paper's claims.** Nichol and Dhariwal {cite:p}`nichol2021improved` make four changes:
 #
@@ -205,8 +205,7 @@ assert dead["linear"] > 2 * dead["cosine"] and label_dead["linear"] > label_dead
 # \Sigma_\theta(x_t, t) = \exp\big(v \log\beta_t + (1 - v)\log\tilde\beta_t\big),
 # $$ (ch02-learned-var)
 #
-# Eq. (15), with one $v$ per dimension output by the network next to $\epsilon_\theta$ (so the
-# network has $2C$ output channels). gcg (`model_var_type="learned_range"`, as in the ADM code)
+# Eq. (15), with one $v$ per dimension output by the network next to $\epsilon_\theta$. gcg (`model_var_type="learned_range"`, as in the ADM code)
 # reads the network's raw output $r$ as $v = (r + 1)/2$, so $r \in [-1, 1]$ spans the two bounds.
 
 # %%
@@ -357,7 +356,7 @@ for mu, log_std in [(0.0, -1.0), (0.93, -3.0), (-0.2, -6.0)]:
 # \tilde\beta_{S_i} = \frac{1 - \bar\alpha_{S_{i-1}}}{1 - \bar\alpha_{S_i}}\, \beta_{S_i}
 # $$ (ch02-respace)
 #
-# (Sec. 4 of the paper). The trained network is reused as is, fed the original timesteps; a
+# (Sec. 4 of the paper). The trained network is reused, fed the original timesteps; a
 # learned $v$ interpolates between the *new* bounds, so learned variances transfer to short
 # chains. gcg: `diffusion.respace("50")`, with `timestep_map` to the original steps.
 
@@ -370,8 +369,8 @@ assert torch.allclose(short.betas, 1 - cosine.alphas_cumprod[kept] / prev)
 print(f"50 kept steps: {kept[:6].tolist()} ... {kept[-3:].tolist()}; their alpha_bar equal the original chain's")
 
 # %% [markdown]
-# **The variance matters when the chain is short.** With the exact toy $\epsilon^\star$ there is
-# no training error, so we can isolate the effect of $\Sigma$: the bound of the respaced chain
+# **The variance matters when the chain is short.** The exact toy $\epsilon^\star$ (no training
+# error) isolates the effect of $\Sigma$: the bound of the respaced chain
 # with $\sigma^2 = \tilde\beta$ ("fixed small") versus $\sigma^2 = \beta$ ("fixed large").
 
 # %% tags=["nbval-ignore-output"]

@@ -6,17 +6,17 @@
 # - derive DDIM's non-Markovian processes and show they share DDPM's marginals;
 # - implement the DDIM update, and say why a DDPM-trained network serves it;
 # - derive DDPM's step as a score-SDE sampler and DDIM ($\eta = 0$) as an ODE solver;
-# - predict which sampler wins at a given number of steps (ADM's rule), and measure it.
+# - predict which sampler wins at a given step count (ADM's rule), and measure it.
 #
 # **Prerequisites:** [chapter 01](01_ddpm.ipynb) §1–5.
 # ```
 #
-# **The question.** Can a network trained for DDPM's 1,000-step chain sample in 10–100 steps?
+# **The question.** Can a network trained for DDPM's 1,000 steps sample in 10–100?
 #
 # **The paper's claim** {cite:p}`song2021ddim`: *non-Markovian* forward processes with DDPM's
 # marginals share its training objective, so any trained DDPM serves them all; one gives a
 # **deterministic** sampler ($\eta = 0$, "DDIM") that keeps its quality with few steps (Table 1,
-# CIFAR-10 FID):
+# CIFAR-10 FID; we reproduce its shape on a toy and on digits):
 #
 # | $S$ steps | 10 | 20 | 50 | 100 | 1000 |
 # |---|---|---|---|---|---|
@@ -24,7 +24,6 @@
 # | $\eta = 0.5$ | 16.66 | 8.35 | 5.25 | 4.46 | 4.29 |
 # | $\eta = 1$ (DDPM-like) | 41.07 | 18.36 | 8.01 | 5.78 | 4.73 |
 #
-# We reproduce its shape on the toy and on digits.
 
 # %%
 import inspect
@@ -68,8 +67,7 @@ gen = torch.Generator().manual_seed(1)
 #
 # $L_\text{simple}$ touches only the marginals $q(x_t \mid x_0) =
 # \mathcal N(\sqrt{\bar\alpha_t}\, x_0, (1 - \bar\alpha_t) I)$, never the joint. So take any joint
-# with those marginals: for standard deviations $\sigma = (\sigma_1, \dots, \sigma_T)$, define the
-# process *backwards*:
+# with those marginals: for $\sigma = (\sigma_1, \dots, \sigma_T)$, define the process *backwards*:
 #
 # $$
 # q_\sigma(x_{1:T} \mid x_0) = q_\sigma(x_T \mid x_0) \prod_{t=2}^{T} q_\sigma(x_{t-1} \mid x_t, x_0),
@@ -81,8 +79,8 @@ gen = torch.Generator().manual_seed(1)
 #   + \sqrt{1 - \bar\alpha_{t-1} - \sigma_t^2}\ \frac{x_t - \sqrt{\bar\alpha_t}\, x_0}{\sqrt{1 - \bar\alpha_t}},\ \ \sigma_t^2 I\right)
 # $$ (ch03-q-sigma)
 #
-# (Eq. (7) of the paper). **Claim:** $q_\sigma$ has these marginals at every $t$. By downward
-# induction: if it holds at $t$, write $x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\,
+# (Eq. (7) of the paper). **Claim:** $q_\sigma$ has these marginals at every $t$. Downward
+# induction: if true at $t$, write $x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\,
 # \epsilon$; then by {eq}`ch03-q-sigma` $x_{t-1} = \sqrt{\bar\alpha_{t-1}}\, x_0 + \sqrt{1 -
 # \bar\alpha_{t-1} - \sigma_t^2}\, \epsilon + \sigma_t z$ with $z$ independent of $\epsilon$, a
 # Gaussian with mean $\sqrt{\bar\alpha_{t-1}}\, x_0$ and variance $(1 - \bar\alpha_{t-1} -
@@ -91,7 +89,7 @@ gen = torch.Generator().manual_seed(1)
 # It is non-Markovian, which training never sees. Two members stand out:
 #
 # - $\sigma_t^2 = \tilde\beta_t = \frac{1 - \bar\alpha_{t-1}}{1 - \bar\alpha_t}\beta_t$:
-#   {eq}`ch03-q-sigma` **is** DDPM's posterior (chapter 01), and the process DDPM's Markov chain;
+#   {eq}`ch03-q-sigma` **is** DDPM's posterior, the process its Markov chain (chapter 01);
 # - $\sigma_t = 0$: given $x_0$ and $x_T$, the path is deterministic.
 #
 # The paper interpolates with $\eta \ge 0$:
@@ -101,9 +99,9 @@ gen = torch.Generator().manual_seed(1)
 # \qquad \sigma_t(1)^2 = \tilde\beta_t .
 # $$ (ch03-sigma-eta)
 #
-# **Check.** (a) At $\eta = 1$, {eq}`ch03-q-sigma` has DDPM's posterior coefficients and variance.
-# (b) Simulated backwards, $q_\sigma$ has the marginal's moments at every $t$ for several $\eta$
-# (an oracle "model" that knows $x_0$ makes gcg's DDIM step an exact draw from {eq}`ch03-q-sigma`).
+# **Check.** (a) At $\eta = 1$, {eq}`ch03-q-sigma` is DDPM's posterior. (b) Simulated backwards
+# (gcg's DDIM step with an oracle knowing $x_0$ draws exactly from {eq}`ch03-q-sigma`),
+# $q_\sigma$ has the marginal's moments for several $\eta$.
 
 # %% tags=["nbval-ignore-output"]
 ab = diffusion.alphas_cumprod
@@ -144,14 +142,14 @@ for eta in [0.0, 0.5, 1.0]:
 
 
 # %% [markdown]
-# Every $\eta$ has the marginals to Monte Carlo accuracy (20,000 paths; maxima over all steps).
+# Every $\eta$ matches to Monte Carlo accuracy (20,000 paths).
 #
 # ## 2. The generative process and the DDIM update
 #
-# Replace $x_0$ in {eq}`ch03-q-sigma` by the network's prediction
-# $\hat x_0 = (x_t - \sqrt{1 - \bar\alpha_t}\, \epsilon_\theta(x_t, t)) / \sqrt{\bar\alpha_t}$; the
-# fraction $(x_t - \sqrt{\bar\alpha_t}\hat x_0)/\sqrt{1 - \bar\alpha_t}$ becomes $\epsilon_\theta$,
-# and one reverse step reads
+# Put the network's prediction
+# $\hat x_0 = (x_t - \sqrt{1 - \bar\alpha_t}\, \epsilon_\theta(x_t, t)) / \sqrt{\bar\alpha_t}$ for $x_0$
+# in {eq}`ch03-q-sigma`; the fraction $(x_t - \sqrt{\bar\alpha_t}\hat x_0)/\sqrt{1 - \bar\alpha_t}$ becomes $\epsilon_\theta$,
+# giving
 #
 # $$
 # x_{t-1} = \underbrace{\sqrt{\bar\alpha_{t-1}}\ \hat x_0}_{\text{predicted } x_0}
@@ -160,15 +158,14 @@ for eta in [0.0, 0.5, 1.0]:
 # $$ (ch03-ddim-step)
 #
 # (Eq. (12) of the paper): DDPM's ancestral step at $\eta = 1$ (chapter 01), deterministic at
-# $\eta = 0$. In gcg: `ddim_sample`, `ddim_sample_loop`.
+# $\eta = 0$.
 
 # %% [markdown]
 # ### Write it yourself: the DDIM update
 #
 # Implement `my_ddim_step(x_t, eps, alpha_bar, alpha_bar_prev, eta, noise)`: tensors `[N, D]`
-# (the two $\bar\alpha$'s per example, broadcastable), `eta` a float, `noise` the $z$ of
-# {eq}`ch03-ddim-step`; return $x_{t-1}$, with $\sigma_t$ from {eq}`ch03-sigma-eta`. The next cell
-# compares it with `ddim_sample`.
+# ($\bar\alpha$'s per example, broadcastable), `eta` a float, `noise` the $z$ of
+# {eq}`ch03-ddim-step`; return $x_{t-1}$, with $\sigma_t$ from {eq}`ch03-sigma-eta`.
 
 # %% tags=["write-it-yourself", "hide-input"]
 def my_ddim_step(x_t, eps, alpha_bar, alpha_bar_prev, eta, noise):
@@ -198,8 +195,8 @@ print("my_ddim_step agrees with GaussianDiffusion.ddim_sample for eta = 0, 0.3, 
 show(GaussianDiffusion.ddim_sample)
 
 # %% [markdown]
-# **Check.** (a) At $\eta = 1$, `ddim_sample` and `p_sample` give the same $x_{t-1}$ from the same
-# noise. (b) At $\eta = 0$ the step ignores the generator.
+# **Check.** (a) At $\eta = 1$, `ddim_sample` equals `p_sample` with the same noise. (b) At
+# $\eta = 0$ it ignores the generator.
 
 # %% tags=["nbval-ignore-output"]
 xt, _ = toy.sample(1000, generator=gen, dtype=torch.float64)
@@ -219,8 +216,8 @@ assert torch.allclose(ddim_eta1, ddpm, atol=1e-6) and torch.equal(det[0], det[1]
 #
 # Train $p_\theta$ by the variational bound of $q_\sigma$, $J_\sigma(\epsilon_\theta) =
 # \mathbb E_{q_\sigma}[\log q_\sigma(x_{1:T} \mid x_0) - \log p_\theta(x_{0:T})]$, with
-# generative steps $p_\theta(x_{t-1} \mid x_t) = q_\sigma(x_{t-1} \mid x_t, \hat x_0)$. Each term
-# is a KL between Gaussians of equal covariance $\sigma_t^2 I$. At fixed $x_t$ the mean of
+# generative steps $p_\theta(x_{t-1} \mid x_t) = q_\sigma(x_{t-1} \mid x_t, \hat x_0)$: KLs between
+# Gaussians of covariance $\sigma_t^2 I$. At fixed $x_t$ the mean of
 # {eq}`ch03-q-sigma` is linear in $x_0$ with coefficient
 # $c_t = \sqrt{\bar\alpha_{t-1}} - \sqrt{1 - \bar\alpha_{t-1} - \sigma_t^2}\sqrt{\bar\alpha_t}/\sqrt{1 - \bar\alpha_t}$,
 # and $x_0 - \hat x_0 = \sqrt{1 - \bar\alpha_t}\,(\epsilon_\theta - \epsilon) / \sqrt{\bar\alpha_t}$. Hence
@@ -232,11 +229,11 @@ assert torch.allclose(ddim_eta1, ddpm, atol=1e-6) and torch.equal(det[0], det[1]
 #
 # and since $x_t \sim q(x_t \mid x_0)$ for every $\sigma$, $J_\sigma = \sum_t
 # \gamma_t\, \mathbb E \lVert \epsilon - \epsilon_\theta(x_t, t)\rVert^2 + C$: a weighted
-# $L_\text{simple}$ (Theorem 1). With separate parameters per $t$ (or enough capacity), every
-# weighting has the same minimiser $\epsilon^\star(x_t, t) = \mathbb E[\epsilon \mid x_t]$. **So a
-# model trained with $L_\text{simple}$ is optimal for every $\eta > 0$** (the KL needs
-# $\sigma_t > 0$; $\eta = 0$ is their limit): the sampler is chosen after training. **Test:** with
-# the exact $\epsilon^\star$ and 1,000 steps, every $\eta$ samples the data.
+# $L_\text{simple}$ (Theorem 1). With enough capacity every weighting has the same minimiser
+# $\epsilon^\star(x_t, t) = \mathbb E[\epsilon \mid x_t]$. **So a model trained with
+# $L_\text{simple}$ is optimal for every $\eta > 0$** ($\eta = 0$ is their limit): the sampler is
+# chosen after training. **Test:** with the exact $\epsilon^\star$ and 1,000 steps, every $\eta$
+# samples the data.
 
 # %% tags=["nbval-ignore-output"]
 data_ref, _ = toy.sample(3000, generator=torch.Generator().manual_seed(2))
@@ -254,11 +251,11 @@ for eta in [0.0, 0.5, 1.0]:
 # %% [markdown]
 # ## 4. Sampling with fewer steps
 #
-# Since only the marginals matter, the sampler may skip steps: for a sub-sequence
+# Only the marginals matter, so the sampler may skip steps: for a sub-sequence
 # $\tau_1 < \dots < \tau_S$ of $\{1, \dots, T\}$, run {eq}`ch03-ddim-step` from $\tau_i$ to
 # $\tau_{i-1}$ with $\bar\alpha_{\tau_i}, \bar\alpha_{\tau_{i-1}}$ in place of $\bar\alpha_t,
-# \bar\alpha_{t-1}$ (Sec. 4.2). `diffusion.respace("ddim50")` is that chain: 50 evenly strided
-# steps, $\beta$ rebuilt from the kept $\bar\alpha$'s, the *original* timesteps passed to the model.
+# \bar\alpha_{t-1}$ (Sec. 4.2). `diffusion.respace("ddim50")` builds it: 50 strided steps, $\beta$
+# from the kept $\bar\alpha$'s, the *original* timesteps passed to the model.
 
 # %%
 chain = diffusion.respace("ddim10")
@@ -276,13 +273,13 @@ assert torch.allclose(chain.alphas_cumprod, diffusion.alphas_cumprod[chain.times
 # \bar x_{t-1} = \bar x_t + (\bar\sigma_{t-1} - \bar\sigma_t)\ \epsilon_\theta(x_t, t),
 # $$ (ch03-euler)
 #
-# an Euler step of the ODE $d\bar x = \epsilon_\theta\, d\bar\sigma$ (Sec. 4.3). Run from $t$ to
-# $t + 1$, it **encodes** data into a latent $x_T$ (`ddim_reverse_sample_loop`) that decodes back
-# up to discretisation error; the paper interpolates latents spherically ($x_T$ lies near the
-# sphere of radius $\sqrt D$).
+# an Euler step of the ODE $d\bar x = \epsilon_\theta\, d\bar\sigma$ (Sec. 4.3). Run forward, it
+# **encodes** data into a latent $x_T$ (`ddim_reverse_sample_loop`) that decodes back up to
+# discretisation error; the paper interpolates latents spherically ($x_T$ lies near the sphere
+# of radius $\sqrt D$).
 #
-# **Check.** Toy data encoded and decoded: the error falls with the steps, and the latents
-# approach $\mathcal N(0, I)$.
+# **Check.** Toy data encoded and decoded: the error falls with the steps; the latents approach
+# $\mathcal N(0, I)$.
 
 # %% tags=["nbval-ignore-output"]
 show(GaussianDiffusion.ddim_reverse_sample)
@@ -322,14 +319,13 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The decoded path walks between components along the data's support, not through the empty
-# centre.
+# The decoded path walks between components along the data's support, avoiding the empty centre.
 #
 # ## 6. The stochastic twin: DDPM's step as a score-SDE sampler
 #
 # In continuous time DDPM's forward chain is the variance-preserving SDE
-# $dx = -\tfrac12 \beta(t)\, x\, dt + \sqrt{\beta(t)}\, dw$, whose time reversal, run from $t = T$
-# to 0, is {cite:p}`song2021sde`
+# $dx = -\tfrac12 \beta(t)\, x\, dt + \sqrt{\beta(t)}\, dw$, whose time reversal is
+# {cite:p}`song2021sde`
 #
 # $$
 # dx = \big[-\tfrac12 \beta(t)\, x - \beta(t)\, \nabla_x \log q_t(x)\big]\, dt + \sqrt{\beta(t)}\, d\bar w .
@@ -348,8 +344,8 @@ plt.show()
 # O(\beta_t^2)$, the second form is an Euler–Maruyama step of {eq}`ch03-reverse-sde`: DDPM
 # discretises a reverse **SDE** as DDIM ($\eta = 0$) an **ODE**.
 #
-# **Check.** (a) `p_sample` with `model_var_type="fixed_large"` equals the first form with the
-# exact score `toy.score`. (b) Euler–Maruyama over 1,000 steps samples the toy.
+# **Check.** (a) With the exact score, `p_sample` (`fixed_large`) equals the first form.
+# (b) Euler–Maruyama over 1,000 steps samples the toy.
 
 # %% tags=["nbval-ignore-output"]
 diffusion_large = GaussianDiffusion(get_named_beta_schedule("linear", T), model_var_type="fixed_large")
@@ -379,9 +375,9 @@ assert em_mean_err < 0.05 and em_cov_err < 0.05 and abs(em_nll - data_nll) < 0.1
 # ## 7. Experiment: quality against steps, exact toy model
 #
 # Table 1 with the exact $\epsilon^\star$, testing only the sampler: 3,000 samples per
-# $(S, \eta)$, scored against held-out data by precision and recall {cite:p}`kynkaanniemi2019pr`
-# and by the Fréchet distance in data space. ADM {cite:p}`dhariwal2021beat` made this a rule:
-# DDIM below 50 steps, DDPM ($\eta = 1$) from 50 up.
+# $(S, \eta)$, scored by precision and recall {cite:p}`kynkaanniemi2019pr` and the Fréchet
+# distance in data space. ADM's rule {cite:p}`dhariwal2021beat`: DDIM below 50 steps, DDPM
+# ($\eta = 1$) from 50 up.
 
 # %% tags=["nbval-ignore-output"]
 from gcg.metrics import fid_from_features, precision_recall
@@ -410,20 +406,19 @@ print(f"exact toy, FD of DDIM vs DDPM: {compare(10)}; {compare(20)} (asserted: D
       f"{compare(50)}; {compare(100)} (within seed noise, not asserted)")
 
 # %% [markdown]
-# This draw follows ADM's rule (DDIM wins at 10 and 20 steps, DDPM at 50 and 100), but only the
-# first half is a result: DDIM won at 10 and 20 steps in all six seeds tried, while from 50 steps
-# 3,000-point FDs vary as much between seeds as between samplers (DDIM won at $S = 50$ in five of
-# six seeds, at $S = 100$ in two). With 20,000 samples the order is $\eta = 0 < 0.5 < 1$ at every
-# $S$, as in Table 1: with the exact $\epsilon^\star$, fresh noise only adds error (exercise 3). Where $\eta = 1$ wins, it likely corrects a network's errors
-# (section 8).
+# This draw follows ADM's rule, but only its first half is a result: DDIM won at 10 and 20
+# steps in all six seeds, while from 50 steps 3,000-point FDs vary as much between seeds as
+# between samplers (DDIM won at $S = 50$ in five of six seeds, at $S = 100$ in two). With 20,000
+# samples the order is $\eta = 0 < 0.5 < 1$ at every $S$, as in Table 1: with the exact
+# $\epsilon^\star$, fresh noise only adds error (exercise 3).
 
 # %% [markdown]
 # ## 8. Experiment: quality against steps, a trained digit model
 #
 # One DDPM trained as in chapter 01, sampled with every $(S, \eta)$ at $S \in \{10, 20\}$ and with
-# $\eta \in \{0, 1\}$ at $S = 50, 100$ (`GCG_SCALE` $\ge 2$: the full grid). The score is the
-# Fréchet distance on features of a digit classifier ("FD (domain)", not comparable to published
-# FIDs) against the test digits, 300 samples per cell from one shared $x_T$.
+# $\eta \in \{0, 1\}$ at $S = 50, 100$ (`GCG_SCALE` $\ge 2$: the full grid). Score: Fréchet
+# distance on a digit classifier's features ("FD (domain)", not comparable to FIDs) to the test
+# digits, 300 samples per cell from one shared $x_T$.
 
 # %%
 import dataclasses
@@ -497,15 +492,15 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# With few steps $\eta = 1$ is the worst: each large step injects noise that the remaining steps
-# cannot remove, while $\eta = 0$ errs only along a smooth path. That is Table 1's *direction*,
-# and it held for three training seeds (FD at $S = 10$, $\eta = 0$ vs 1:
+# With few steps $\eta = 1$ is the worst: each large step injects noise the remaining steps
+# cannot remove. That is Table 1's *direction*; it held for three training seeds (FD at
+# $S = 10$, $\eta = 0$ vs 1:
 # 5.24 vs 5.44, 5.29 vs 6.91, 5.63 vs 6.94).
 #
 # From 50 steps the order flips, as ADM's rule says, against Table 1 (asserted for this seed only).
 # **Not** reproduced: the monotone order in $\eta$ ($\eta = 0.5$ was best in all six comparisons at
-# $S \le 20$). The 300-step model is far from converged (real digits score well below 1); fresh
-# noise likely corrects part of its error.
+# $S \le 20$). The 300-step model is far from converged (real digits score 0.68); fresh noise
+# likely corrects part of its error.
 
 # %% tags=["nbval-ignore-output"]
 print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
@@ -517,8 +512,8 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
 # x_{t-1} = \sqrt{\bar\alpha_{t-1}}\, \hat x_0 + \sqrt{1 - \bar\alpha_{t-1} - \sigma_t^2}\ \epsilon_\theta(x_t, t) + \sigma_t z
 # $$
 #
-# Every $\sigma_t$ keeps DDPM's marginals, so one trained network drives the family: $\eta = 0$,
-# an ODE sampler, wins with few steps; with many, ADM prefers $\eta = 1$, DDPM's SDE sampler.
+# Every $\sigma_t$ keeps DDPM's marginals, so one trained network drives the family: $\eta = 0$
+# (an ODE sampler) wins with few steps; with many, ADM prefers $\eta = 1$ (an SDE sampler).
 # Chapter 04 adds a classifier's gradient to both.
 #
 # ```{admonition} Equation → gcg
@@ -549,7 +544,7 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
 #
 # 2. **The ODE.** Derive {eq}`ch03-euler` from {eq}`ch03-ddim-step`, and show that for vanishing
 #    steps it becomes the probability-flow ODE $dx/dt = f(t)x - \frac12 g(t)^2
-#    \nabla_x \log q_t(x)$ of the variance-preserving SDE of section 6.
+#    \nabla_x \log q_t(x)$ of section 6's SDE.
 #
 #    ```{admonition} Hint
 #    :class: dropdown
@@ -566,31 +561,30 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
 #    $f = -\tfrac12 \beta$, $g^2 = \beta$.
 #    ```
 #
-# 3. **Narrow modes.** Sample each toy class and measure its standard deviation around the
-#    component mean for $\eta \in \{0, 1\}$, $S \in \{10, 50, 1000\}$ (true: 0.12). Which sampler
-#    under-spreads more? Redo section 7 with 20,000 samples and two seeds: which orders survive?
-#    (About a minute on a 2-core CPU.)
+# 3. **Narrow modes.** Measure each toy class's standard deviation around its mean for
+#    $\eta \in \{0, 1\}$, $S \in \{10, 50, 1000\}$ (true: 0.12). Which sampler under-spreads more?
+#    Redo section 7 with 20,000 samples and two seeds: which orders survive? (≈ 1 min on a
+#    2-core CPU.)
 #
 #    ```{admonition} Hint
 #    :class: dropdown
-#    `model_kwargs={"y": y}` draws class `y`; take the standard deviation of `xs - toy.means[y]`.
-#    For the table, change the two 3,000s and the seeds.
+#    `model_kwargs={"y": y}` draws class `y`; use `xs - toy.means[y]`. For the table, change the
+#    sample counts and seeds.
 #    ```
 #
 # 4. **Inverting digits.** Encode 64 test digits with `ddim_reverse_sample_loop` on the trained
-#    model and decode them at $S = 10, 50, 200$. How does the error compare with the toy's? (About
-#    a minute on a 2-core CPU.)
+#    model and decode them at $S = 10, 50, 200$. Compare the error with the toy's. (≈ 1
+#    min on a 2-core CPU.)
 #
 #    ```{admonition} Hint
 #    :class: dropdown
-#    Use `run.diffusion.respace(f"ddim{S}")` (the model sees the original timesteps) and
-#    `clip_denoised=False` both ways: clipping $\hat x_0$ breaks invertibility.
+#    Use `run.diffusion.respace(f"ddim{S}")` and `clip_denoised=False` both ways: clipping
+#    $\hat x_0$ breaks invertibility.
 #    ```
 #
 # 5. **$\hat\sigma$.** The paper's last row, $\hat\sigma_t = \sqrt{\beta_t}$ (DDPM's larger
-#    variance), is much worse at few steps. Add it to section 8 (`model_var_type="fixed_large"`,
-#    `p_sample_loop` on the respaced chain) and explain. (About 30 s on a 2-core CPU at
-#    $S = 10, 20$.)
+#    variance), is much worse at few steps. Add it to section 8 (`p_sample_loop`, `fixed_large`)
+#    and explain. (≈ 30 s on a 2-core CPU.)
 #
 #    ```{admonition} Hint
 #    :class: dropdown

@@ -254,8 +254,8 @@ print("my_adagn matches the AdaGN step inside gcg's ResBlock")
 
 
 # %% [markdown]
-# The whole block, Eq. {eq}`ch05-resblock`, rebuilt with `torch.nn.functional` from the block's
-# own weights, with $\mathrm{Conv}_2$ given random weights (at initialisation it is zero):
+# The whole block, Eq. {eq}`ch05-resblock`, rebuilt with `torch.nn.functional` from its own
+# weights ($\mathrm{Conv}_2$ randomised, as it starts at zero):
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 def resblock_by_formula(block, x, e, adagn, rescale=False):
@@ -327,8 +327,7 @@ for channels in (32, 64, 128):
 #
 # with $R$ = 2×2 average pooling (down) or nearest-neighbour doubling (up). Since
 # $\mathrm{Conv}_2$ starts at zero, a freshly built BigGAN block **is** plain resampling,
-# $\mathrm{out} = R(x)$ — the network starts from the simplest resampler and learns a
-# correction, conditioned on $t$ and $y$ through AdaGN.
+# $\mathrm{out} = R(x)$; training learns a correction, conditioned on $t$ and $y$ through AdaGN.
 
 # %% tags=["nbval-ignore-output"]
 show(layers.ResBlock._resample)
@@ -443,7 +442,7 @@ print("digits classifier: logits", tuple(logits.shape), f"{count_parameters(clf)
 #
 # gcg's presets carry the flags of OpenAI's released checkpoints. If every switch is
 # implemented as in the reference code, the parameter counts must match *exactly*: one missing
-# bias in hundreds of layers would change the total. Built on the `meta` device (shapes only):
+# bias in hundreds of layers would change the total. Built on the `meta` device:
 
 # %%
 PUBLISHED = {  # parameters in millions (and tensors, where listed) of the released checkpoints
@@ -491,8 +490,8 @@ assert sum(shares.values()) == total
 # %% [markdown]
 # ## Experiment: Tables 1–3 at 8×8
 #
-# Five changes on the sklearn digits (1,438 training and 359 held-out 8×8 images,
-# class-conditional), each starting from the small baseline drawn at the top:
+# Five changes on the sklearn digits (1,438 training, 359 held-out, class-conditional), each
+# starting from the small baseline drawn at the top:
 #
 # | variant | change to the baseline |
 # |---|---|
@@ -591,15 +590,13 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# What the runs show (the line above the table gives this execution's spread):
+# What the runs show (this execution's spread: the line above the table):
 #
 # - **Addition + GroupNorm is clearly worse** than AdaGN in both seeds, by about ten times the
 #   other changes' spread: the paper's direction (Table 3), not its size, since at 32 channels
 #   GroupNorm erases the embedding completely (Eq. {eq}`ch05-gn-add`).
 # - **Every other change** moves the held-out loss by at most about 0.002, the seed-to-seed
 #   scatter (the line above lists sign flips); two seeds at this margin are no evidence.
-#
-# The cell below asserts the wide-margin claim and structural facts.
 
 # %%
 other = [abs(d) for v in ("4 heads", "attention at 8, 4", "BigGAN up/down") for d in delta[v]]
@@ -616,7 +613,7 @@ print("AdaGN beats addition + GN in every seed; parameter counts as expected")
 #
 # First the cost of depth (Table 1's first row) and of the head sweep (Table 2): parameters,
 # FLOPs of one training step of batch 32 (`torch.utils.flop_counter`) and its time (this
-# machine's); longer runs follow below.
+# machine's).
 
 # %% tags=["nbval-ignore-output"]
 from torch.utils.flop_counter import FlopCounterMode

@@ -6,27 +6,22 @@
 # - write a cascade as a latent-variable model and locate exposure bias in its error bound;
 # - implement Gaussian conditioning augmentation and explain truncated and non-truncated sampling;
 # - derive the truncated cascade's variational bound and read augmentation off it;
-# - train a small base + super-resolution cascade on font digits and measure exposure bias, the
-#   augmentation level (including none) and guidance on the base stage.
+# - train a small cascade on font digits and measure exposure bias, augmentation levels and
+#   guidance on the base stage.
 #
 # **Prerequisites:** [chapter 01](01_ddpm.ipynb) (forward process, the bound), [chapter
 # 03](03_ddim.ipynb) (DDIM sampling), [chapter 04](04_classifier_guidance.ipynb) §1 (guidance).
 # ```
 #
-# **The question.** A single diffusion model that draws a 256×256 image must get both the
-# global layout and the finest texture right. Can we instead chain a small low-resolution model
-# with super-resolution models, each doing one job, and lose nothing on the way?
+# **The question.** Can a small low-resolution diffusion model followed by super-resolution
+# models replace one large model without losing anything on the way?
 #
-# **The paper's claim.** Ho, Saharia, Chan, Fleet, Norouzi and Salimans
-# {cite:p}`ho2022cascaded` build such *cascaded diffusion models* (CDM) and reach
+# **The paper's claim.** Ho et al. {cite:p}`ho2022cascaded` build such *cascaded diffusion models* (CDM) and reach
 # class-conditional ImageNet FID **1.48 at 64×64, 3.52 at 128×128 and 4.88 at 256×256** without
-# any auxiliary classifier. The ingredient they single out as essential is *conditioning
-# augmentation*: corrupt the low-resolution input of a super-resolution stage during training
-# (Gaussian noise at low resolution, blur at high resolution), because at sampling time it
-# receives *generated* images, not true ones.
-#
-# Sections 1–4 derive the cascade, both augmentations and the truncated bound, checked on an
-# exact Gaussian toy; sections 5–7 build a 16→32 cascade of font digits and test the claims.
+# a classifier. The essential ingredient is *conditioning augmentation*: corrupt
+# a super-resolution stage's low-resolution input during training (Gaussian noise at low
+# resolution, blur at high), because at sampling time it receives *generated* images.
+# Sections 1–4 derive this on an exact Gaussian toy; sections 5–7 test it on font digits.
 
 # %%
 import dataclasses
@@ -75,19 +70,18 @@ print(low_diffusion)
 #
 # Let $x_0$ be a high-resolution image and $z_0 = D(x_0)$ its low-resolution version, here the
 # box average over $k \times k$ blocks (`gcg.data.downsample`). A two-stage cascade is a
-# *base* diffusion model $p_\theta(z_0)$ of low-resolution images and a *super-resolution* (SR)
-# diffusion model $p_\theta(x_0 \mid z_0)$, a conditional diffusion model that receives $z_0$
-# upsampled and concatenated to its input (and the class label $y$ in both stages). The
-# cascade's distribution of high-resolution images is the marginal
+# *base* diffusion model $p_\theta(z_0)$ and a *super-resolution* (SR) diffusion model
+# $p_\theta(x_0 \mid z_0)$ that receives $z_0$ upsampled and concatenated to its input (both
+# stages also get the class label $y$). The cascade's distribution is the marginal
 #
 # $$
 # p_\theta(x_0) = \int p_\theta(x_0 \mid z_0)\, p_\theta(z_0)\, \mathrm d z_0 ,
 # $$ (ch06-cascade)
 #
-# sampled ancestrally (base model, then SR model; more stages nest the integral). The stages
-# are trained independently on pairs $(x_0, D(x_0))$: the base model fits $q(z_0)$, the SR
-# model fits $q(x_0 \mid z_0)$ *for $z_0$ drawn from $q(z_0)$*. Without augmentation its
-# training batch is what `super_res_kwargs(..., augment="none")` returns:
+# sampled ancestrally (more stages nest the integral). The stages are trained independently
+# on pairs $(x_0, D(x_0))$: the base model fits $q(z_0)$, the SR model fits $q(x_0 \mid z_0)$
+# *for $z_0 \sim q(z_0)$*. Without augmentation its training batch is what
+# `super_res_kwargs(..., augment="none")` returns:
 
 # %% tags=["nbval-ignore-output"]
 show(super_res_kwargs)
@@ -121,28 +115,27 @@ print("low_res", tuple(kw["low_res"].shape), "= 2x2 block means of x:", torch.al
 #   + \mathbb E_{z_0 \sim p_\theta(z_0)} \operatorname{TV}\big(p_\theta(\cdot \mid z_0), q(\cdot \mid z_0)\big).
 # $$ (ch06-tv)
 #
-# The first term is the base model's error. The second is the SR model's error **averaged over
-# the base model's samples**, while training only made it small over true $z_0 \sim q(z_0)$.
-# Generated $z_0$ carry artefacts true ones never have: *exposure bias*.
+# The first term is the base model's error; the second, the SR model's error **averaged over
+# the base model's samples**, which training only made small over true $z_0$. Generated $z_0$
+# carry artefacts true ones never have: *exposure bias*.
 #
 # ## 2. Gaussian conditioning augmentation
 #
-# CDM's remedy: during training, do not show the SR model the clean $z_0$ but a corrupted one,
-# drawn from the *forward process of the low-resolution diffusion* run to a level $s$:
+# CDM's remedy: train the SR model on $z_0$ corrupted by the *forward process of the
+# low-resolution diffusion* run to a level $s$:
 #
 # $$
 # z_s \sim q(z_s \mid z_0) = \mathcal N\!\big(\sqrt{\bar\alpha_s}\, z_0,\ (1 - \bar\alpha_s) I\big),
 # $$ (ch06-gauss-aug)
 #
-# and give $s$ to the network as an extra input embedded like the timestep (`aug_level`).
-# Training draws $s$ uniformly from $\{0, \dots, s_\text{max} - 1\}$, so the best $s$ is
-# searched *after* training.
+# with $s$ an extra network input embedded like the timestep (`aug_level`). Training draws $s$
+# uniformly from $\{0, \dots, s_\text{max} - 1\}$; the best $s$ is searched *after* training.
 #
-# Why this fights exposure bias: the SR model now sees generated and true inputs through the
-# same Gaussian channel, and by the data-processing inequality
+# Generated and true inputs now pass through the same Gaussian channel, and by the
+# data-processing inequality
 # $\operatorname{TV}(p_\theta(z_s), q(z_s)) \le \operatorname{TV}(p_\theta(z_0), q(z_0))$: the
-# noise washes out the fine artefacts that tell them apart. The price: $z_s$ says less about
-# $x_0$, so the SR model must generate more itself. The best $s$ balances the two.
+# noise washes out the artefacts that tell them apart. The price: $z_s$ says less about $x_0$,
+# so the SR model must generate more itself.
 
 # %% tags=["nbval-ignore-output"]
 show(gaussian_augment)
@@ -175,10 +168,9 @@ torch.testing.assert_close(
 print("my_gaussian_augment agrees with gcg.cascade.gaussian_augment")
 
 # %% [markdown]
-# **Check.** `gaussian_augment` is the forward process {eq}`ch06-gauss-aug` of the
-# low-resolution diffusion: it equals `q_sample` with the same noise, and over many draws its
-# mean and variance are $\sqrt{\bar\alpha_s} z_0$ and $1 - \bar\alpha_s$ (tolerance: 5 standard
-# errors of the Monte Carlo estimates from $n = 20\,000$ draws).
+# **Check.** `gaussian_augment` {eq}`ch06-gauss-aug` equals `q_sample` with the same noise;
+# over $n = 20\,000$ draws its mean and variance match $\sqrt{\bar\alpha_s} z_0$ and
+# $1 - \bar\alpha_s$ within 5 standard errors.
 
 # %% tags=["hide-input"]
 s_check, n_mc = 300, 20_000
@@ -199,17 +191,17 @@ assert abs(var_err) < 5 * (1 - a) * math.sqrt(2 / n_mc)
 # %% [markdown]
 # ### Two ways to sample: non-truncated and truncated
 #
-# At sampling time the SR stage needs a $z_s$. CDM produces it in one of two ways:
+# At sampling time CDM produces the SR stage's $z_s$ in one of two ways:
 #
-# - **non-truncated**: run the base model all the way to $z_0 \sim p_\theta(z_0)$, then corrupt
-#   it, $z_s \sim q(z_s \mid z_0)$;
-# - **truncated**: stop the base model's reverse process at step $s$ and hand its $z_s \sim
-#   p_\theta(z_s)$ over, saving the last base steps.
+# - **non-truncated**: run the base model to $z_0 \sim p_\theta(z_0)$, then corrupt it,
+#   $z_s \sim q(z_s \mid z_0)$;
+# - **truncated**: stop the base model at step $s$ and hand its $z_s \sim p_\theta(z_s)$ over,
+#   saving the last base steps.
 #
-# Non-truncated sampling makes the search over $s$ after training cheap: draw and store the
-# base samples $z_0$ once, then each candidate $s$ costs one SR run (`augmented_condition`
-# returns both SR inputs). With a perfect base model both hand over the same distribution $q(z_s)$. The toy below makes
-# that checkable: $z_0 = D(x_0) = (x_{0,1} + x_{0,2})/2 = A x_0$ for a 2-D Gaussian
+# Non-truncated sampling makes the search over $s$ cheap: draw the base samples once, then
+# each $s$ costs one SR run (`augmented_condition` returns both SR inputs). With a perfect base
+# model both hand over $q(z_s)$. A toy makes that checkable: $z_0 = (x_{0,1} + x_{0,2})/2 = A x_0$
+# for a 2-D Gaussian
 # $x_0 \sim \mathcal N(\mu, \Sigma)$, so $q(z_0) = \mathcal N(A\mu, A\Sigma A^\top)$ and
 # `gcg.toy.Gaussian` gives the exact base $\epsilon$-model. $(x_0, z_s)$ is jointly Gaussian, so
 # the exact SR model's target is $q(x_0 \mid z_s) = \mathcal N(m_s(z_s), C_s)$ with
@@ -221,7 +213,7 @@ assert abs(var_err) < 5 * (1 - a) * math.sqrt(2 / n_mc)
 # $$ (ch06-toy-conditional)
 #
 # Its exact $\epsilon$-model is that of the centred Gaussian $\mathcal N(0, C_s)$ evaluated at
-# $x_t - \sqrt{\bar\alpha_t}\, m_s(z_s)$ (the diffusion of $x_0 - m_s$).
+# $x_t - \sqrt{\bar\alpha_t}\, m_s(z_s)$.
 
 # %%
 MU = torch.tensor([0.3, -0.2], dtype=torch.float64)
@@ -254,14 +246,13 @@ print("q(z_0) = N(%.3f, %.4f)" % (float(A @ MU), V_LOW))
 show(sample_stage)
 
 # %% [markdown]
-# **Check.** With the exact base model, truncated sampling (stop at $s$) and non-truncated
-# sampling (run to $z_0$, then `gaussian_augment`) both hand over $q(z_s) =
+# **Check.** With the exact base model, truncated and non-truncated sampling both hand over
+# $q(z_s) =
 # \mathcal N(\sqrt{\bar\alpha_s} A\mu,\ \bar\alpha_s A\Sigma A^\top + 1 - \bar\alpha_s)$; the
 # base sampler is ancestral on 100 of the 1000 steps. The full cascade ending in the exact SR
-# model then reproduces the data's mean $\mu$ and covariance $\Sigma$ at every $s$: with exact
-# stages, augmentation costs nothing, $\int q(x_0 \mid z_s)\, q(z_s)\, \mathrm d z_s = q(x_0)$.
-# (Toy data are not images in $[-1, 1]$: the stages must not clip $\hat x_0$, or the tails and
-# with them the covariance shrink.)
+# model then reproduces $\mu$ and $\Sigma$ at every $s$: with exact stages augmentation costs
+# nothing, $\int q(x_0 \mid z_s)\, q(z_s)\, \mathrm d z_s = q(x_0)$.
+# (The toy stages do not clip $\hat x_0$, which would shrink the covariance.)
 
 # %% tags=["hide-input"]
 s_toy, n_toy = 300, 2000
@@ -291,22 +282,21 @@ for mode in ("truncated", "non_truncated"):
 # %% [markdown]
 # ## 3. Truncation *is* augmentation: the bound of the truncated cascade
 #
-# Treat the truncated cascade as a latent-variable model with latent $z_s$: the generative
-# model is the base model's reverse chain from $T$ down to $s$,
+# Take $z_s$ as the latent: the generative model is the base model's reverse chain from $T$
+# down to $s$,
 # $p_\theta(z_{s:T}) = p(z_T) \prod_{t=s+1}^{T} p_\theta(z_{t-1} \mid z_t)$, followed by the SR
-# model $p_\theta(x_0 \mid z_s)$. For the approximate posterior take the forward process of the
-# low-resolution image, $q(z_{s:T} \mid x_0) = q(z_{s:T} \mid z_0)$ with $z_0 = D(x_0)$. Jensen's
-# inequality gives
+# model $p_\theta(x_0 \mid z_s)$; the approximate posterior is the low-resolution forward
+# process, $q(z_{s:T} \mid x_0) = q(z_{s:T} \mid z_0)$ with $z_0 = D(x_0)$. Jensen's inequality
+# gives
 #
 # $$
 # -\log p_\theta(x_0) \le \mathbb E_{q}\Big[ -\log p_\theta(x_0 \mid z_s)
 #    - \log \frac{p_\theta(z_{s:T})}{q(z_{s:T} \mid z_0)} \Big].
 # $$
 #
-# The forward process is Markov, so by Bayes' rule, exactly as in the derivation of DDPM's
-# bound ([chapter 01](01_ddpm.ipynb)),
-# $q(z_{s:T} \mid z_0) = q(z_T \mid z_0) \prod_{t=s+1}^{T} q(z_{t-1} \mid z_t, z_0)$. Pairing each
-# factor with its generative counterpart turns the second part into KL divergences:
+# As for DDPM's bound ([chapter 01](01_ddpm.ipynb)), Markov property and Bayes' rule give
+# $q(z_{s:T} \mid z_0) = q(z_T \mid z_0) \prod_{t=s+1}^{T} q(z_{t-1} \mid z_t, z_0)$; pairing
+# each factor with its generative counterpart gives KL divergences:
 #
 # $$
 # -\log p_\theta(x_0) \le
@@ -315,11 +305,10 @@ for mode in ("truncated", "non_truncated"):
 #   + \underbrace{\mathbb E_{z_s \sim q(z_s \mid z_0)} \big[-\log p_\theta(x_0 \mid z_s)\big]}_{\text{SR model, conditioned on a Gaussian-augmented } z_s} .
 # $$ (ch06-truncated-elbo)
 #
-# The last term is the SR model's negative log-likelihood with its input drawn from
-# $q(z_s \mid z_0)$: **exactly the objective of Gaussian conditioning augmentation at level
-# $s$** {eq}`ch06-gauss-aug`. (With $\bar\alpha_s = 1$ the posterior would be a point mass and
-# the bound would not exist.) `cascade_bpd` estimates {eq}`ch06-truncated-elbo` in bits per
-# high-resolution dimension, bounding $-\log p_\theta(x_0 \mid z_s)$ by the SR model's own
+# The last term, the SR model's negative log-likelihood with its input drawn from
+# $q(z_s \mid z_0)$, is **exactly the objective of Gaussian conditioning augmentation at level
+# $s$** {eq}`ch06-gauss-aug`. `cascade_bpd` estimates {eq}`ch06-truncated-elbo` in bits per
+# high-resolution dimension, bounding $-\log p_\theta(x_0 \mid z_s)$ by the SR model's
 # diffusion bound:
 
 # %% tags=["nbval-ignore-output"]
@@ -329,10 +318,10 @@ show(cascade_bpd)
 # %% [markdown]
 # **Check against the closed form.** With the exact toy models every term of
 # {eq}`ch06-truncated-elbo` is closed-form: each model's $\hat x_0$ is a Kalman-gain estimate
-# $\mu + G(o - H\mu)$ from its noisy observations $o = H x_0 + \text{noise}$, so
+# $\mu + G(o - H\mu)$ from noisy observations $o = H x_0 + \text{noise}$, so
 # $\mathbb E\|x_0 - \hat x_0\|^2 = \|(I - GH)(x_0 - \mu)\|^2 + \operatorname{tr}(G R G^\top)$, and
-# each KL between Gaussians follows (the hidden cell spells it out). The sums are compared
-# with `cascade_bpd`'s Monte Carlo estimate ($n = 2000$ copies of one $x_0$; 5 standard errors).
+# each Gaussian KL follows (hidden cell). Compared with `cascade_bpd`'s Monte Carlo estimate
+# ($n = 2000$ copies of one $x_0$; 5 standard errors).
 
 # %% tags=["hide-input"]
 def closed_form_bound_nats(x0, mu, cov, diffusion, first, extra_H=None, extra_var=None):
@@ -397,30 +386,27 @@ Markdown("| term | cascade_bpd (MC ± s.e.) | closed form |\n|---|---|---|\n" + 
 # ## 4. Blur conditioning augmentation
 #
 # At high resolution CDM found **blur** more useful than noise: a generated 64×64 or 128×128
-# image errs mostly in its high frequencies, which a blur removes. During training, half the
-# conditioning images are filtered with a 3×3 Gaussian kernel
+# image errs mostly in its high frequencies. During training, half the conditioning images are
+# filtered with a 3×3 Gaussian kernel
 #
 # $$
 # k_\sigma(i, j) = \frac{\exp\!\big(-(i^2 + j^2) / 2\sigma^2\big)}{\sum_{i', j' \in \{-1, 0, 1\}} \exp\!\big(-(i'^2 + j'^2) / 2\sigma^2\big)},
 # \qquad i, j \in \{-1, 0, 1\},
 # $$ (ch06-blur)
 #
-# with $\sigma$ drawn from a fixed range; at sampling time nothing is blurred (and there is no
-# level $s$ to give the network).
+# with $\sigma$ drawn from a fixed range; at sampling time nothing is blurred.
 #
 # ```{note}
-# CDM states a 3×3 kernel, $\sigma$ from a fixed range, 50% of examples, never at inference.
 # The range $\sigma \in [0.4, 0.6]$ (`blur_augment`'s default) and the levels $s$ below are
-# this book's choices for small CPU models, not numbers from the paper.
+# this book's choices, not the paper's.
 # ```
 
 # %% tags=["nbval-ignore-output"]
 show(blur_augment)
 
 # %% [markdown]
-# **Check.** An image that is a single bright pixel returns the kernel {eq}`ch06-blur` itself;
-# and over 4000 examples the blurred fraction is 1/2 within 5 binomial standard errors, with
-# $\sigma$ inside the range.
+# **Check.** A single bright pixel returns the kernel {eq}`ch06-blur`; over 4000 examples the
+# blurred fraction is 1/2 within 5 binomial standard errors, with $\sigma$ inside the range.
 
 # %% tags=["hide-input"]
 impulse = torch.zeros(1, 1, 5, 5, dtype=torch.float64)
@@ -446,21 +432,19 @@ assert 0.4 <= float(sigmas[sigmas > 0].min()) and float(sigmas.max()) <= 0.6
 # %% [markdown]
 # ## 5. Experiment: a real cascade on font digits
 #
-# **Data.** `gcg.data.load_glyphs`: digits in 21 matplotlib fonts, randomly warped, 32×32; the
-# 16×16 inputs are $z_0 = D(x_0)$. Five typefaces are held out for the test set.
+# **Data.** `gcg.data.load_glyphs`: digits in 21 matplotlib fonts, randomly warped, 32×32, with
+# $z_0 = D(x_0)$ at 16×16; five typefaces are held out for testing.
 #
-# **The cascade**, trained here with `gcg.train.train`:
+# **The cascade** (`gcg.train.train`):
 #
 # - a class-conditional **16×16 base model** (preset `glyphs16`, $\epsilon$-prediction);
 # - three class-conditional **16→32 SR stages** (preset `glyphs32-sr16`, $x_0$-prediction),
-#   identical but for the augmentation: **none**, **blur** (section 4's defaults) or **Gaussian**
-#   with $s$ uniform on $\{0, \dots, 399\}$ of the 1000-step cosine chain. Every layer works at any size
-#   (convolutions, group norms, self-attention over any number of positions), so they train on
-#   random 16×16 crops of the 32×32 images (8×8 conditions; `random_crops` cuts at even offsets,
-#   so the crop of $D(x_0)$ is $D$ of the crop) at a quarter of the cost, and run on whole images.
+#   differing only in augmentation: **none**, **blur** (section 4's defaults) or **Gaussian**
+#   with $s$ uniform on $\{0, \dots, 399\}$ of the 1000-step cosine chain. Since every layer
+#   works at any size, they train on random 16×16 crops (`random_crops`) at a quarter of the cost.
 #
 # **Judges.** Two small classifiers (`gcg.features.train_feature_net`) trained on real images
-# at 16 and 32 px; the 32-px one also gives the features of the Fréchet distance (FD).
+# at 16 and 32 px; the 32-px one also gives the Fréchet distance (FD) features.
 
 # %%
 from gcg.cascade import random_crops
@@ -504,18 +488,13 @@ print(f"share of the initial network in the EMA after {k} steps: constant rate {
 
 # %% [markdown]
 # **An average of weights for a short run.** Every stage samples with the exponential moving
-# average (EMA) of its weights. A constant rate $\rho$ forgets the initial weights slowly: after
-# $k$ steps their share of the average is $\rho^k$, here $0.995^{200} = 0.37$ for the SR stages
-# (the base model's $0.99^{500}$ is below 1 %). The UNet's output convolution starts at zero
-# ([chapter 05](05_adm_architecture.ipynb)), so the initial network predicts $\hat x_0 = 0$,
-# mid-grey, and an EMA that is still 37 % initial network draws its glyphs on a dark-grey
-# background where the data are black. The SR stages therefore average with
-# the warm-up rate $\min(\rho, (1 + k) / (10 + k))$ (`ema_warmup=True`), which leaves the initial
-# network a share of $1/\binom{k + 9}{9}$, below $10^{-15}$ after 200 steps.
+# average (EMA) of its weights. At a constant rate $\rho$ the initial network, which predicts
+# mid-grey ([chapter 05](05_adm_architecture.ipynb)), keeps a share $\rho^k$ after $k$ steps
+# ($0.995^{200} = 0.37$) and greys the backgrounds; the SR stages use the warm-up rate
+# $\min(\rho, (1 + k) / (10 + k))$ (`ema_warmup=True`), leaving it $1/\binom{k + 9}{9}$.
 #
-# **The base model's samples.** Ten test labels per class; the base model draws a 16×16
-# image for each (DDIM, 20 steps). The 16-px judge, almost perfect on the real test images,
-# says how many samples show the requested digit.
+# **The base model's samples.** The base model draws a 16×16 image (DDIM, 20 steps) for ten
+# test labels per class; the 16-px judge says how many show the requested digit.
 
 # %% tags=["nbval-ignore-output"]
 accuracy = lambda net, x, y: float((net.extract(x.to(DEVICE))["logits"].argmax(1).cpu() == y).float().mean())  # noqa: E731
@@ -539,19 +518,16 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Most samples show the requested digit (0.640, against 1.000 for real images and 0.1 for
-# chance). The failures: shapes that dissolve into blobs, speckle, and grey backgrounds where
-# every real glyph has black.
+# Most samples show the requested digit (chance: 0.1); the failures are blobs, speckle and grey
+# backgrounds.
 #
 # **Super-resolving true and generated inputs.** Each SR stage runs DDIM (5 steps) on the true
 # 16×16 test images and on the base samples for the same labels; the Gaussian stage at several
-# levels, **including $s = 0$** ($\bar\alpha_0 = 0.99996$). Non-truncated, the search is cheap:
-# the base samples are drawn **once**, and each level re-noises them (one fixed $\epsilon$ for
-# all $s$) and re-runs only the SR stage. Besides FD and accuracy the table gives two paired
-# measures on the generated inputs: $\Delta \log p$, the change of the judge's log-probability of
-# the requested digit against the unaugmented stage on the same inputs with the same sampling
-# noise (mean ± standard error over the 100 images), and the *input change*
-# $\overline{(D(\hat x_0) - z_0)^2}$, how far a stage's output, downsampled, moves from its input.
+# levels, **including $s = 0$** ($\bar\alpha_0 = 0.99996$), all re-noising the same base samples
+# with one fixed $\epsilon$. Two paired measures on generated inputs join FD and accuracy:
+# $\Delta \log p$, the change of the judge's log-probability of the requested digit against the
+# unaugmented stage with the same inputs and sampling noise (mean ± standard error), and the *input change* $\overline{(D(\hat x_0) - z_0)^2}$, how far a stage's
+# downsampled output moves from its input.
 
 # %% tags=["nbval-ignore-output"]
 eps_aug = torch.randn(z_true.shape, generator=torch.Generator().manual_seed(2))  # one eps for all s
@@ -605,8 +581,8 @@ Markdown("\n".join(lines))
 
 # %% [markdown]
 # FD to the real 32×32 test images (lower is better); the 32-px judge's accuracy on the
-# requested labels. **Seeing exposure bias:** the upper block feeds the SR stages the *true*
-# 16×16 image, the lower block the *generated* one for the same label.
+# requested labels. Upper block: SR stages fed the *true* 16×16 image; lower block: the
+# *generated* one for the same label.
 
 # %% tags=["nbval-ignore-output"]
 columns = [int(torch.nonzero(y_eval == c)[0, 0]) for c in range(10)]
@@ -623,23 +599,22 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# On true inputs all three stages draw sharp digits on the black background of the data, and
-# the judge labels every one correctly (FD 0.49, 0.45 and 0.65). On generated inputs every FD
-# is six to seven times larger (3.07, 3.34 and 4.22): mostly the base model's own errors, which
-# an SR stage keeps by design (the first term of {eq}`ch06-tv`). The unaugmented stage trusts
-# its input: it sharpens the generated glyph *and* its grey background patches (columns 0, 3
-# and 4), and stays close to it (input change 0.058). The blur stage behaves the same
-# ($\Delta \log p = +0.014 \pm 0.020$): a 3×3 blur of $\sigma \le 0.6$ at 16 px covers none of
-# these errors. The Gaussian stage has learned that its input may be off: it paints the
-# backgrounds black and redraws the strokes, moving 2.5 times as far (0.145). But the strokes it
-# invents from a blob are often wrong (columns 3 and 5): FD 4.22 against 3.07, accuracy 0.500
-# against 0.550, and on the same inputs with the same noise the judge's log-probability of the
-# requested digit falls by 0.190 ± 0.071. Noise at sampling time makes it worse (FD 4.79 at
-# $s = 100$): the search picks $s = 0$, so the noise buys nothing here. Section 7 shows why:
-# 200 steps are too few for the augmented task (FD 0.65 against 0.49 even on true inputs).
+# On true inputs all three stages draw sharp digits, all judged correct (FD 0.49, 0.45 and
+# 0.65). On generated inputs every FD is six to seven times larger (3.07, 3.34 and 4.22):
+# mostly the base model's own errors, which an SR stage keeps (the first term of
+# {eq}`ch06-tv`). The unaugmented stage trusts its input: it sharpens the generated glyph *and*
+# its grey background patches (columns 0, 3 and 4), staying close to it (input change 0.058).
+# The blur stage behaves the same ($\Delta \log p = +0.014 \pm 0.020$): a 3×3 blur of
+# $\sigma \le 0.6$ at 16 px covers none of these errors. The Gaussian stage distrusts its
+# input: it paints the backgrounds black and redraws the strokes, moving 2.5 times as
+# far (0.145). But the strokes it invents from a blob are often wrong (columns 3 and 5): FD 4.22
+# against 3.07, accuracy 0.500 against 0.550, $\Delta \log p = -0.190 \pm 0.071$. Noise at
+# sampling time makes it worse (FD 4.79 at $s = 100$), so the search picks $s = 0$. Section 7
+# shows why: 200 steps are too few for the augmented task (FD 0.65 against 0.49 even on true
+# inputs).
 #
-# **Truncated sampling** at $s = 100$: the base model's 20-step DDIM chain (every 50th
-# timestep) stops at $s$ and hands its own $z_s$ over, saving two of its steps.
+# **Truncated sampling** at $s = 100$: the base model's 20-step DDIM chain stops at $s$ and
+# hands its own $z_s$ over, saving two steps.
 
 # %% tags=["nbval-ignore-output"]
 S_TRUNC = 100
@@ -654,21 +629,20 @@ print(f"s={S_TRUNC}: FD truncated {fd_truncated:.2f}, non-truncated {fd['gaussia
 
 
 # %% [markdown]
-# Truncated and non-truncated hand-overs are too close to call on 100 images (FD 4.94 and
-# 4.79, accuracy 0.480 and 0.500).
+# Truncated and non-truncated hand-overs are too close to call on 100 images.
 #
 # ## 6. Guidance on the base stage, then an upsampler (ADM Table 6)
 #
 # Dhariwal and Nichol {cite:p}`dhariwal2021beat` guide a low-resolution base model and add an
 # unguided upsampler, beating their guided single-stage models at 256×256 (FID 3.94 against
-# 4.59) and 512×512 (3.85 against 7.72). Here the base model, trained with 10 % of labels
-# dropped, is guided by `ClassifierFreeGuidance` at $w = 1$ {cite:p}`ho2021cfg`
+# 4.59) and 512×512 (3.85 against 7.72). Here the base model (10 % of labels dropped in
+# training) is guided by `ClassifierFreeGuidance` at $w = 1$ {cite:p}`ho2021cfg`
 # ([chapter 04](04_classifier_guidance.ipynb)); the upsampler is the Gaussian stage at `S_BEST`.
 #
 # The **classification accuracy score** (CAS) {cite:p}`ravuri2019cas`, which CDM reports
-# {cite:p}`ho2022cascaded`, turns the judging around: *train* a classifier on the 100 generated
-# images with their requested labels and test it on the real unseen-font images. A sampler that
-# ignores the label or repeats a few shapes scores low; the "real" row trains on 100 real images.
+# {cite:p}`ho2022cascaded`, *trains* a classifier on the 100 generated images with their
+# requested labels and tests it on real unseen-font images: a sampler that ignores the label or
+# repeats a few shapes scores low. The "real" row trains on 100 real images.
 
 # %% tags=["nbval-ignore-output"]
 def cas(images, labels):
@@ -711,17 +685,17 @@ plt.show()
 # ## 7. The claims
 #
 # Three findings hold for every seed tried, and the cell asserts them: **exposure bias** (each
-# SR stage's FD on generated inputs is more than twice its FD on true ones; here 6.3, 7.4 and
-# 6.5 times), **what augmentation changes** (on generated inputs the Gaussian stage moves more
-# than 1.5 times as far from its input as the unaugmented one; here 2.5 times) and ADM's
-# Table 6 claim (guiding the base stage raises the cascade's class accuracy).
+# SR stage's FD on generated inputs is over twice that on true ones), **what augmentation
+# changes** (on generated inputs the Gaussian stage moves over 1.5 times as far from its input
+# as the unaugmented one) and ADM's Table 6 claim (guiding the base stage raises the cascade's
+# class accuracy).
 #
 # CDM's headline claim, that on generated inputs the augmented stage beats the unaugmented
-# one, **does not hold after this chapter's 200 SR steps**: FD 4.22 against 3.07,
-# $\Delta \log p = -0.19 \pm 0.07$. It starts to hold with longer training. Separate runs of
-# section 5's code, not executed here (300 test labels, one base model, the Gaussian stage at
-# $s = 0$, DDIM-5 unless stated; $\Delta \log p$ also split by whether the 16-px judge labels
-# the base sample correctly):
+# one, **does not hold after this chapter's 200 SR steps** (FD 4.22 against 3.07,
+# $\Delta \log p = -0.19 \pm 0.07$); it starts to with longer training. Separate runs of
+# section 5's code, not executed here (300 test labels, one base model, Gaussian stage at
+# $s = 0$, DDIM-5 unless stated; $\Delta \log p$ split also by whether the 16-px judge finds the
+# base sample right):
 #
 # | SR training | FD none / Gaussian, generated in | $\Delta \log p$ | base sample right / wrong |
 # |---|---|---|---|
@@ -735,11 +709,11 @@ plt.show()
 # More sampling steps change nothing and a narrower range only shrinks the loss; training
 # decides. With more steps the unaugmented stage gets better on true inputs (FD 0.30 to 0.24)
 # and *worse* on generated ones (2.91 to 3.48): the better it fits $q(x_0 \mid z_0)$, the more
-# it trusts its input, exposure bias as {eq}`ch06-tv` predicts. The Gaussian stage, with 400
-# levels to learn, needs about four times the steps, then wins on FD (both seeds); on the
-# judge's log-probability it only draws level: it gains on base samples of the right digit
-# (+0.07 at 1600 steps), not on wrong shapes, which no SR stage can repair. Four times the SR training does not fit this
-# chapter's budget, so the cell prints the comparison and asserts neither sign.
+# it trusts its input, as {eq}`ch06-tv` predicts. The Gaussian stage, with 400 levels to learn,
+# needs about four times the steps, then wins on FD (both seeds); on log-probability it only
+# draws level, gaining on base samples of the right digit (+0.07 at 1600 steps), not on wrong
+# shapes, which no SR stage can repair. That training does not fit this chapter's budget, so
+# the cell prints the comparison and asserts neither sign.
 
 # %% tags=["hide-input", "nbval-ignore-output"]
 ratio = {augment: fd[augment, s, "generated"] / fd[augment, s, "true"]
@@ -768,9 +742,9 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
 # $$
 #
 # Training each super-resolution stage on inputs noised to a random, known level $s$ is CDM's
-# remedy for exposure bias and the objective of the truncated cascade as a latent-variable
-# model; a 2-core CPU shows the bias and what augmentation changes; its payoff needs about four times this chapter's SR training. [Chapter 07](07_measuring_samples.ipynb) examines the
-# metrics that judge such samples.
+# remedy for exposure bias and the objective of the truncated cascade; a 2-core CPU shows the
+# bias and what augmentation changes, its payoff needs about four times this chapter's SR
+# training. [Chapter 07](07_measuring_samples.ipynb) examines the metrics that judge such samples.
 #
 # ```{admonition} Summary: equation → gcg
 # - {eq}`ch06-cascade` the cascade → `Cascade`, `CascadeStage`, `sample_stage`
@@ -797,15 +771,15 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
 #    $\log\frac{p(z_T)}{q(z_T \mid z_0)} + \sum_{t=s+1}^T \log\frac{p_\theta(z_{t-1} \mid z_t)}{q(z_{t-1} \mid z_t, z_0)}$;
 #    under $q$ the first term averages to $-D_\mathrm{KL}(q(z_T \mid z_0) \,\|\, p(z_T))$, the
 #    $t$-th to $-\mathbb E_{q(z_t \mid z_0)} D_\mathrm{KL}(q(z_{t-1} \mid z_t, z_0) \,\|\, p_\theta(z_{t-1} \mid z_t))$,
-#    and $-\log p_\theta(x_0 \mid z_s)$ averages over $q(z_s \mid z_0)$: each term of
-#    {eq}`ch06-truncated-elbo` once. With latent $z_0$ the posterior $\delta(z_0 - D(x_0))$ is a
-#    point mass, whose entropy term is $-\infty$: the bound is $+\infty$.
+#    and $-\log p_\theta(x_0 \mid z_s)$ averages over $q(z_s \mid z_0)$. With latent $z_0$ the
+#    posterior $\delta(z_0 - D(x_0))$ is a point mass, whose entropy term is $-\infty$: the bound
+#    is $+\infty$.
 #    ```
 #
-# 2. **Exposure bias on the toy.** Replace `exact_base_model` by the exact model of a *wrong*
-#    low-resolution distribution, e.g. `Gaussian(A @ MU + 0.2, cov=2 * A @ SIGMA @ A.T)`, keep the
-#    exact SR model, sample the cascade at $s = 0, 100, 300, 600$ and compare the covariance
-#    with $\Sigma$; plot the KL between $p(z_s)$ and $q(z_s)$ against $s$. (Seconds.)
+# 2. **Exposure bias on the toy.** Replace `exact_base_model` by a *wrong* low-resolution
+#    model, e.g. `Gaussian(A @ MU + 0.2, cov=2 * A @ SIGMA @ A.T)`, sample
+#    the cascade at $s = 0, 100, 300, 600$, compare the covariance with $\Sigma$ and plot the KL
+#    between $p(z_s)$ and $q(z_s)$ against $s$. (Seconds.)
 #
 #    ```{admonition} Hint
 #    :class: dropdown
@@ -813,41 +787,40 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_START:.0f} s")
 #    with the base model's $(m, v)$ or the data's; `gcg.losses.normal_kl` takes means and log-variances.
 #    ```
 #
-# 3. **The cost of augmenting.** For an exact SR model, conditioning on $z_s$ instead of $z_0$
-#    can only lose information. Show it with {eq}`ch06-toy-conditional`: what happens to $C_s$
-#    as $\bar\alpha_s \to 0$? Then add true inputs at $s = 100, 200$ to the table of section 5
-#    (two SR runs, ≈ 20 s): does the FD on true inputs grow with $s$ as the toy predicts?
+# 3. **The cost of augmenting.** Conditioning an exact SR model on $z_s$ instead of $z_0$ can
+#    only lose information: what happens to $C_s$ of {eq}`ch06-toy-conditional` as
+#    $\bar\alpha_s \to 0$? Then add true inputs at $s = 100, 200$ to section 5's table (two SR
+#    runs, ≈ 20 s): does the FD on true inputs grow with $s$?
 #
 #    ```{admonition} Hint
 #    :class: dropdown
-#    $K_s \to 0$ as $\bar\alpha_s \to 0$. For the experiment: how many training examples did
-#    each level $s$ get in 200 steps of batch 16?
+#    $K_s \to 0$ as $\bar\alpha_s \to 0$. Experiment: how many examples did each level $s$ get
+#    in 200 steps of batch 16?
 #    ```
 #
 #    ```{admonition} Solution
 #    :class: dropdown
-#    As $\bar\alpha_s \to 0$, $K_s \to 0$, so $m_s \to \mu$ and $C_s \to \Sigma$: the SR model
-#    ignores $z_s$ and draws the whole image. At $\bar\alpha_s = 1$,
+#    $K_s \to 0$, so $m_s \to \mu$ and $C_s \to \Sigma$: the SR model ignores $z_s$ and draws the
+#    whole image. At $\bar\alpha_s = 1$,
 #    $C_s = \Sigma - \Sigma A^\top (A\Sigma A^\top)^{-1} A\Sigma$ is smallest; in between $C_s$
-#    grows with the noise of the observation $z_s$ of $A x_0$.
+#    grows with the noise of $z_s$.
 #    ```
 #
-# 4. **Blur at two resolutions.** Add an 8→16 stage in front (an 8×8 base model) and compare
+# 4. **Blur at two resolutions.** Add an 8→16 stage in front and compare
 #    blur and Gaussian augmentation at 8→16 and at 16→32. Where does blur help more? (≈ 10 min.)
 #
 #    ```{admonition} Hint
 #    :class: dropdown
-#    Blur removes high frequencies; ask at which resolution the base model's errors are
-#    high-frequency ones (compare the generated and true 16×16 rows of the figure in section 5).
+#    At which resolution are the base model's errors high-frequency ones? Compare the generated
+#    and true 16×16 rows of section 5's figure.
 #    ```
 #
 # 5. **Truncated or not?** Train the base model longer (`GCG_SCALE`) and compare the truncated
-#    and non-truncated cascades at several $s$. Which is better when the base model is good,
-#    and which when it is poor? (≈ 10 min on a 2-core CPU per setting.)
+#    and non-truncated cascades at several $s$. Which wins with a good base model, which with a
+#    poor one? (≈ 10 min on a 2-core CPU per setting.)
 #
 #    ```{admonition} Hint
 #    :class: dropdown
-#    A truncated hand-over is the base model's *own* $z_s$, so it inherits the base model's
-#    errors at level $s$; a non-truncated one is a perfect forward-noising of an imperfect
-#    $z_0$. Which error does the noise wash out?
+#    A truncated hand-over inherits the base model's errors at level $s$; a non-truncated one
+#    forward-noises an imperfect $z_0$ exactly. Which error does the noise wash out?
 #    ```

@@ -24,9 +24,8 @@
 #
 # This chapter derives each metric (IS {cite:p}`salimans2016is`, the Fréchet distance
 # {cite:p}`heusel2017fid` and its spatial form sFID {cite:p}`nash2021sfid`, $k$-NN precision and
-# recall {cite:p}`kynkaanniemi2019pr`, KID {cite:p}`binkowski2018kid`), checks each
-# `gcg.metrics` function against a closed form, and then runs them on sets of real digits with
-# *known* defects.
+# recall {cite:p}`kynkaanniemi2019pr`, KID {cite:p}`binkowski2018kid`), checks each against a
+# closed form, then runs them on real digits with *known* defects.
 
 # %%
 import os
@@ -111,7 +110,7 @@ show(DomainFeatureNet.extract)
 
 # %% [markdown]
 # A held-out accuracy well above 90% says the features separate the ten classes, so distances
-# in this space mean something about digits. (A metric is only as good as its features.)
+# in this space mean something about digits.
 
 # %% [markdown]
 # ## 2. The Inception Score
@@ -135,7 +134,7 @@ show(DomainFeatureNet.extract)
 # is classified **confidently** (small $H(y \mid x)$: fidelity) and the labels are **spread**
 # over classes (large $H(y)$). Since $0 \le I \le H(y) \le \log K$, $1 \le \mathrm{IS} \le K$,
 # with $\mathrm{IS} = K$ exactly when every prediction is one-hot and the $K$ classes are equally
-# used. The original code averages over 10 splits of the samples.
+# used.
 
 # %% tags=["nbval-ignore-output"]
 show(metrics.inception_score)
@@ -275,8 +274,7 @@ for name, (got, expected) in checks.items():
 # Write `my_frechet_distance(mu1, sigma1, mu2, sigma2)`: float64 `mu` [D], PSD `sigma` [D, D] →
 # {eq}`ch07-fd` as a 0-d tensor. Take the trace term as step 5 does, through the symmetric
 # $\Sigma_1^{1/2}\Sigma_2\Sigma_1^{1/2}$ (`torch.linalg.eigh`; clamp negative round-off
-# eigenvalues to 0). The next cell compares it with `gcg.metrics.frechet_distance` on random
-# Gaussians: equal covariances (mean term only), equal means (trace term only), then both.
+# eigenvalues to 0). The next cell checks each term against `gcg.metrics.frechet_distance`.
 
 # %% tags=["write-it-yourself", "hide-input"]
 def my_frechet_distance(mu1, sigma1, mu2, sigma2):
@@ -393,8 +391,8 @@ assert abs(fd_sample_space - fd_stats) < 1e-7 * fd_stats
 
 # %% [markdown]
 # **Check 4: on the digits.** FD of a feature set with itself is 0, FD is symmetric, and the
-# held-out half of the digits is much closer to the reference half than, say, the digits with
-# labels 0–4 only. We call these numbers **FD (domain features)**.
+# held-out half of the digits is much closer to the reference half than the digits with
+# labels 0–4 only.
 
 # %% tags=["nbval-ignore-output"]
 fd_self = metrics.fid_from_features(feats_held["pool"], feats_held["pool"])
@@ -513,8 +511,8 @@ for k in (1, 3, 5):
 show(metrics.kid)
 
 # %% [markdown]
-# **Check.** With one subset that takes every row, `kid` must equal {eq}`ch07-kid` evaluated
-# directly (the order of rows does not matter).
+# **Check.** With one subset that takes every row, `kid` equals {eq}`ch07-kid` evaluated
+# directly.
 
 # %%
 xk = torch.randn(60, 8, generator=g, dtype=torch.float64)
@@ -813,8 +811,8 @@ finally:
         os.environ[INCEPTION_WEIGHTS_ENV] = saved
 
 # %% [markdown]
-# With random weights the network still runs (gcg's tests check the pipeline this way): the
-# shapes are the ADM evaluator's; the values mean nothing.
+# With random weights the network still runs (as in gcg's tests): right shapes, meaningless
+# values.
 
 # %%
 inception = FIDInceptionV3().init_random_(seed=0)
@@ -828,7 +826,7 @@ assert out["pool"].shape == (2, 2048) and out["spatial"].shape == (2, 2023) and 
 # On the digits the domain network goes through the same command-line evaluator a researcher
 # runs on ImageNet samples, `python -m gcg.evaluate REF SAMPLES --features domain:PATH`
 # (`--inception-weights W` for the real FID). Here: the reference half against the held-out
-# half, as uint8 `.npz` files like those `gcg.sample` writes. Every line says "domain features".
+# half, as uint8 `.npz` files like those `gcg.sample` writes.
 
 # %% tags=["nbval-ignore-output"]
 import tempfile
