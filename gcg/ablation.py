@@ -94,29 +94,34 @@ def load_runs(path) -> list[dict]:
 def save_run(path, run: dict, meta: dict | None = None) -> list[dict]:
     """Add `run` to the JSON at `path` (replacing a stored run of the same variant and seed), write it
     atomically (a crash leaves the old file) and return all runs."""
-    path = Path(path)
-    with _locked(path):  # processes that share the file add their runs one at a time
-        runs = [r for r in load_runs(path) if (r["variant"], r["seed"]) != (run["variant"], run["seed"])]
-        runs.append(run)
-        data = json.loads(path.read_text()) if path.exists() else {}
+    def add(data, runs):
         data.update(meta or {})
-        data["runs"] = runs
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        os.replace(tmp, path)
-    return runs
+        data["runs"] = [r for r in runs if (r["variant"], r["seed"]) != (run["variant"], run["seed"])] + [run]
+
+    return _update_json(path, add)["runs"]
 
 
 def save_meta(path, meta: dict) -> None:
     """Set top-level fields of the JSON at `path` (keeping its runs), atomically."""
-    path = Path(path)
-    with _locked(path):
-        load_runs(path)  # refuse a malformed file
-        data = json.loads(path.read_text()) if path.exists() else {"runs": []}
+    def set_fields(data, runs):
+        data.setdefault("runs", runs)
         data.update(meta)
+
+    _update_json(path, set_fields)
+
+
+def _update_json(path, change) -> dict:
+    """Read the runs JSON at `path` (refusing a malformed one), apply change(data, runs) under the lock
+    and write the result atomically; returns the new data."""
+    path = Path(path)
+    with _locked(path):  # processes that share the file change it one at a time
+        runs = load_runs(path)
+        data = json.loads(path.read_text()) if path.exists() else {}
+        change(data, runs)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(data, indent=1) + "\n")
         os.replace(tmp, path)
+    return data
 
 
 @contextlib.contextmanager

@@ -24,9 +24,9 @@ import torch
 from gcg.diffusion import DiffusionConfig
 from gcg.nn.config import MODEL_PRESETS, ClassifierConfig
 from gcg.nn.mlp import MLP_PRESETS, MLPConfig
+from gcg.nn.precision import PRECISIONS
 
 TASKS = ("diffusion", "classifier", "super_res")
-PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULE_SAMPLERS = ("uniform", "loss-second-moment")
 LOGS = ("jsonl", "tensorboard")
 
